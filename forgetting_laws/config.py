@@ -1,0 +1,251 @@
+"""Typed sweep specs: dataclasses with defaults and help, TOML load, validation, grid expansion.
+
+A spec file has one table per section (``[sweep]``, ``[model]``, ``[data]``, ``[train]``,
+``[lora]``, ``[probe]``) and a ``[grid]`` table whose keys are dotted field paths
+(``"lora.rank" = [1, 4, 16, 64]``), expanded as a Cartesian product into :class:`RunSpec` s.
+
+Example
+-------
+>>> spec = SweepSpec.from_dict({"sweep": {"name": "s"}, "grid": {"lora.rank": [1, 8]}})
+>>> [r.lora.rank for r in spec.expand()]
+[1, 8]
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = ["SweepSpec", "RunSpec", "load_spec", "ConfigError"]
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a default and a help string (shown by ``--help`` and errors)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _positive(section: str, name: str, value: Any) -> None:
+    if value <= 0:
+        raise ConfigError(f"{section}.{name} = {value!r}, must be > 0")
+
+
+@dataclass
+class SweepSection:
+    name: str = _f("sweep", "name of the sweep, stored in every row")
+
+
+@dataclass
+class ModelSection:
+    name: str = _f("smollm2-135m", "model alias, hub id, local directory or .gguf path")
+    dtype: Literal["auto", "float32", "bfloat16"] = _f(
+        "auto", "parameter dtype: auto = bfloat16 on CUDA, float32 on CPU")
+    device: str = _f("auto", "auto (cuda when present), cpu, cuda, cuda:N")
+
+
+@dataclass
+class DataSection:
+    dataset: str = _f("lee-news", "fine-tuning corpus")
+    reference: str = _f("python-docs", "forgetting-probe (reference) corpus")
+    seq_len: int = _f(128, "tokens per block")
+    heldout_blocks: int = _f(16, "blocks of the fine-tuning corpus kept out for ft_loss")
+    reference_blocks: int = _f(16, "blocks of the reference corpus for the probes")
+    split_seed: int = _f(1234, "seed of the held-out / reference block selection")
+
+    def validate(self) -> None:
+        for name in ("seq_len", "heldout_blocks", "reference_blocks"):
+            _positive("data", name, getattr(self, name))
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = _f(60, "update steps N")
+    batch_size: int = _f(4, "blocks per update step (per device)")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    lr: float = _f(1e-3, "learning rate")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = _f("constant", "learning-rate schedule")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    optimizer: Literal["adamw", "adafactor", "sgd"] = _f("adamw", "optimiser")
+    weight_decay: float = _f(0.0, "weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
+    seed: int = _f(0, "seed of the adapter initialisation and the data order")
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "lr"):
+            _positive("train", name, getattr(self, name))
+
+
+@dataclass
+class LoraSection:
+    rank: int = _f(8, "LoRA rank r")
+    alpha: float = _f(1.0, "LoRA alpha; with rslora the scale is alpha / sqrt(rank)")
+    rslora: bool = _f(True, "rank-stabilised scaling alpha / sqrt(r) (the paper's setting)")
+    target_modules: str | list[str] = _f("all-linear", "'all-linear' or a list of module names")
+    dropout: float = _f(0.0, "LoRA dropout")
+
+    def validate(self) -> None:
+        _positive("lora", "rank", self.rank)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout = {self.dropout!r}, must be in [0, 1)")
+
+
+@dataclass
+class ProbeSection:
+    steps: str | list[int] = _f("log", "'log' (0, 1, 2, 4, ... then every `every`) or a list of steps")
+    every: int = _f(10, "with steps = 'log': spacing of the probes after the log-spaced ones")
+    forget_kl: bool = _f(False, "also measure KL(p_base || p_ft) (one extra forward per probe)")
+    batch_size: int = _f(8, "blocks per probe forward pass")
+
+    def validate(self) -> None:
+        _positive("probe", "every", self.every)
+        _positive("probe", "batch_size", self.batch_size)
+        if isinstance(self.steps, str) and self.steps != "log":
+            raise ConfigError(f"probe.steps = {self.steps!r}; use 'log' or a list of steps such as [0, 1, 2, 4, 8]")
+        if isinstance(self.steps, list) and any((not isinstance(s, int)) or s < 0 for s in self.steps):
+            raise ConfigError(f"probe.steps = {self.steps!r}: steps must be integers >= 0")
+
+    def schedule(self, max_steps: int) -> list[int]:
+        """The probed steps: always 0 and max_steps, within [0, max_steps]."""
+        if self.steps == "log":
+            steps = {0, max_steps}
+            k = 1
+            while k < min(self.every, max_steps):
+                steps.add(k)
+                k *= 2
+            steps.update(range(self.every, max_steps, self.every))
+        else:
+            steps = {0, max_steps, *(s for s in self.steps if s <= max_steps)}
+        return sorted(steps)
+
+
+SECTIONS: dict[str, type] = {
+    "sweep": SweepSection, "model": ModelSection, "data": DataSection,
+    "train": TrainSection, "lora": LoraSection, "probe": ProbeSection,
+}
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_type(section: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
+    """Coerce ints to floats where a float is expected; reject values of the wrong kind."""
+    hint = hints[f.name]
+    origin = typing.get_origin(hint)
+    where = f"{section}.{f.name} = {value!r}"
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}; allowed values: {', '.join(map(repr, typing.get_args(hint)))}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    simple = {int: int, float: float, bool: bool, str: str}
+    if hint in simple and (not isinstance(value, simple[hint]) or (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} has type {type(value).__name__}, expected {hint.__name__}")
+    return value
+
+
+def _build_section(section: str, values: dict) -> Any:
+    cls = SECTIONS[section]
+    names = _field_names(cls)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown field {section}.{unknown[0]}; fields of [{section}]: {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    obj = cls(**{k: _check_type(section, fields[k], v, hints) for k, v in values.items()})
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+@dataclass
+class RunSpec:
+    """One fully resolved run: every section's values, no grid."""
+
+    sweep: SweepSection
+    model: ModelSection
+    data: DataSection
+    train: TrainSection
+    lora: LoraSection
+    probe: ProbeSection
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    @property
+    def run_id(self) -> str:
+        """Stable hash of what determines the results (never paths, device or executor)."""
+        d = self.to_dict()
+        d["model"].pop("device")
+        d["probe"].pop("batch_size")
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return f"r{self.lora.rank}-" + hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
+class SweepSpec:
+    """A base :class:`RunSpec` plus a grid of dotted field paths to vary."""
+
+    base: RunSpec
+    grid: dict[str, list] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "SweepSpec":
+        raw = copy.deepcopy(raw)
+        grid = raw.pop("grid", {}) or {}
+        unknown = sorted(set(raw) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown section [{unknown[0]}]; sections: {', '.join([*SECTIONS, 'grid'])}")
+        base = RunSpec(**{s: _build_section(s, raw.get(s, {}) or {}) for s in SECTIONS})
+        spec = cls(base=base, grid=grid)
+        spec._check_grid()
+        return spec
+
+    def _check_grid(self) -> None:
+        for key, values in self.grid.items():
+            section, _, name = key.partition(".")
+            if section not in SECTIONS or name not in _field_names(SECTIONS[section]):
+                valid = [f"{s}.{n}" for s, c in SECTIONS.items() if s != "sweep" for n in _field_names(c)]
+                raise ConfigError(f"grid key {key!r} names no field; valid keys: {', '.join(valid)}")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid.{key!r} = {values!r} must be a non-empty list of values")
+        self.expand()  # validates every combination before any run starts
+
+    def expand(self) -> list[RunSpec]:
+        """The Cartesian product of the grid applied to the base spec, in grid order."""
+        keys = list(self.grid)
+        runs = []
+        for combo in itertools.product(*(self.grid[k] for k in keys)):
+            d = self.base.to_dict()
+            for key, value in zip(keys, combo):
+                section, _, name = key.partition(".")
+                d[section][name] = value
+            runs.append(RunSpec(**{s: _build_section(s, d[s]) for s in SECTIONS}))
+        return runs
+
+    def to_dict(self) -> dict:
+        return {**self.base.to_dict(), "grid": copy.deepcopy(self.grid)}
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a TOML sweep spec."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep spec {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sweep spec {str(path)!r} is not valid TOML: {exc}") from exc
+    return SweepSpec.from_dict(raw)

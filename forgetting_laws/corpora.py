@@ -1,0 +1,164 @@
+"""Corpus registry: built-in offline corpora, Hugging Face datasets, local files.
+
+A corpus is a list of documents (strings). :func:`token_blocks` tokenises it, packs the
+tokens into fixed-length blocks and caches them on disk; :func:`split_blocks` splits them
+deterministically into a held-out part and a training part.
+
+Names
+-----
+``lee-news``            300 ABC news articles shipped in gensim's wheel (located, not imported)
+``python-docs``         CPython's reference prose, ``pydoc_data.topics``
+``hf:<dataset>[:<config>]:<split>``  any Hugging Face dataset (``pip install datasets``)
+``/path/file.txt|.jsonl|.parquet``   a local file (one document per line / a ``text`` field)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import ConfigError
+from .models import cache_dir
+
+__all__ = ["register_corpus", "corpus_names", "load_documents", "token_blocks", "split_blocks"]
+
+_CORPORA: dict[str, Callable[[], list[str]]] = {}
+_LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+def register_corpus(name: str) -> Callable:
+    """Register a ``loader() -> list[str]`` under ``name``; a name registers once."""
+
+    def deco(loader: Callable[[], list[str]]) -> Callable[[], list[str]]:
+        if name in _CORPORA:
+            raise ValueError(f"corpus {name!r} is already registered")
+        _CORPORA[name] = loader
+        return loader
+
+    return deco
+
+
+def corpus_names() -> list[str]:
+    """Registered corpus names (besides ``hf:...`` and local paths)."""
+    return sorted(_CORPORA)
+
+
+@register_corpus("lee-news")
+def _lee_news() -> list[str]:
+    spec = importlib.util.find_spec("gensim")  # only its data file is needed, not the library
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("corpus 'lee-news' ships in gensim's wheel; install it with: "
+                          "pip install --no-deps gensim")
+    path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / "lee_background.cor"
+    return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip()]
+
+
+@register_corpus("python-docs")
+def _python_docs() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[k].strip() for k in sorted(topics) if topics[k].strip()]
+
+
+def _hf_documents(name: str) -> list[str]:
+    parts = name.split(":")[1:]
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"corpus {name!r}: expected 'hf:<dataset>[:<config>]:<split>', "
+                          "e.g. 'hf:wikitext:wikitext-103-raw-v1:test'")
+    if importlib.util.find_spec("datasets") is None:
+        raise ImportError(f"corpus {name!r} needs the 'datasets' package: pip install datasets")
+    import datasets
+
+    dataset, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    ds = datasets.load_dataset(dataset, config, split=split)
+    column = "text" if "text" in ds.column_names else ds.column_names[0]
+    return [t for t in ds[column] if isinstance(t, str) and t.strip()]
+
+
+def _local_documents(path: Path) -> list[str]:
+    if path.suffix == ".txt":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        return [d.strip() for d in text.split("\n\n") if d.strip()]
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [r["text"] if isinstance(r, dict) else str(r) for r in rows]
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    if "text" not in frame.columns:
+        raise ConfigError(f"corpus file {str(path)!r} has no 'text' column; columns: {list(frame.columns)}")
+    return [t for t in frame["text"].tolist() if isinstance(t, str) and t.strip()]
+
+
+def load_documents(name: str, field: str = "data.dataset") -> list[str]:
+    """The documents of corpus ``name`` (a registered name, ``hf:...`` or a local file)."""
+    if name in _CORPORA:
+        return _CORPORA[name]()
+    if name.startswith("hf:"):
+        return _hf_documents(name)
+    path = Path(name)
+    if path.suffix in _LOCAL_SUFFIXES:
+        if not path.is_file():
+            raise ConfigError(f"{field} = {name!r}: no such file")
+        return _local_documents(path)
+    raise ConfigError(
+        f"{field} = {name!r} is not a known corpus; use one of {', '.join(corpus_names())}, "
+        f"'hf:<dataset>[:<config>]:<split>', or a local {'/'.join(_LOCAL_SUFFIXES)} file"
+    )
+
+
+def _corpus_key(name: str) -> str:
+    path = Path(name)
+    if path.suffix in _LOCAL_SUFFIXES and path.is_file():
+        st = path.stat()
+        return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    return name
+
+
+def token_blocks(name: str, tokenizer, seq_len: int, tokenizer_id: str,
+                 field: str = "data.dataset") -> np.ndarray:
+    """Tokenise corpus ``name`` and pack it into blocks of ``seq_len`` tokens, cached on disk.
+
+    Documents are joined with the tokenizer's EOS token between them; the tail that does not
+    fill a block is dropped. Returns an int64 array of shape (n_blocks, seq_len).
+    """
+    key = hashlib.sha1(f"{_corpus_key(name)}|{tokenizer_id}|{seq_len}".encode()).hexdigest()[:16]
+    path = cache_dir() / "blocks" / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    docs = load_documents(name, field)
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for ids_doc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        ids.extend(ids_doc)
+        ids.append(eos)
+    n = len(ids) // seq_len
+    blocks = np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)  # (n_blocks, T)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, blocks)
+    os.replace(tmp, path)
+    return blocks
+
+
+def split_blocks(blocks: np.ndarray, n_first: int, seed: int, field: str, name: str,
+                 min_rest: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle blocks with ``seed`` and return (first ``n_first`` blocks, the rest).
+
+    The split depends only on the corpus, the block length and ``seed``, so two runs that share
+    them share their held-out blocks.
+    """
+    if n_first + min_rest > len(blocks):
+        raise ConfigError(
+            f"{field} = {n_first}: corpus {name!r} has only {len(blocks)} blocks of this length "
+            f"(and {min_rest} are needed besides); lower {field} or data.seq_len, or use a larger corpus"
+        )
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    return blocks[order[:n_first]], blocks[order[n_first:]]

@@ -1,0 +1,9 @@
+"""Exceptions raised for bad input: each message names the field, the bad value and the fix."""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A spec, model or corpus setting that cannot be used as given."""

@@ -1,0 +1,244 @@
+"""One run: LoRA fine-tuning on ``transformers.Trainer`` with probes on a schedule -> rows.
+
+The :class:`ProbeCallback` probes at step 0 and at every scheduled step, appends one row per
+probe, writes the rows so far and asks the Trainer to checkpoint at the same step, so an
+interrupted run resumes from its last probe (adapter, optimiser, scheduler, RNG, data position)
+and its final table equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from . import __version__
+from .config import RunSpec
+from .corpora import split_blocks, token_blocks
+from .models import load_model, model_fingerprint
+from .probes import ProbeData, base_targets, probe
+from .store import SCHEMA_VERSION, write_json, write_rows
+
+__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "make_peft_model"]
+
+COMPLETE_MARKER = ".complete"
+_OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd"}
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # "complete" | "diverged"
+    rows: int
+    wall_s: float
+
+
+def resolve_device(spec: RunSpec) -> tuple[torch.device, torch.dtype]:
+    """The device and parameter dtype: CUDA and bfloat16 when present, else CPU and float32."""
+    name = spec.model.device
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          ("cpu" if name == "auto" else name))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(spec.model.dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Packed token blocks as causal-LM examples (labels = inputs; the model shifts them)."""
+
+    def __init__(self, blocks: np.ndarray):
+        self.blocks = torch.from_numpy(blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+def prepare_data(spec: RunSpec, tokenizer, tokenizer_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train blocks, held-out blocks, reference blocks) of a run, from the block cache."""
+    d = spec.data
+    ft = token_blocks(d.dataset, tokenizer, d.seq_len, tokenizer_id, field="data.dataset")
+    need = spec.train.batch_size * spec.train.grad_accum
+    heldout, train = split_blocks(ft, d.heldout_blocks, d.split_seed, "data.heldout_blocks",
+                                  d.dataset, min_rest=need)
+    ref = token_blocks(d.reference, tokenizer, d.seq_len, tokenizer_id, field="data.reference")
+    reference, _ = split_blocks(ref, d.reference_blocks, d.split_seed, "data.reference_blocks", d.reference)
+    return train, heldout, reference
+
+
+def make_peft_model(model, spec: RunSpec):
+    """Wrap ``model`` with a LoRA adapter as the spec says (B = 0: the adapter starts inert)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = spec.lora
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, use_rslora=lora.rslora,
+                     target_modules=lora.target_modules, lora_dropout=lora.dropout,
+                     task_type="CAUSAL_LM")
+    torch.manual_seed(spec.train.seed)  # the A-matrix initialisation
+    return get_peft_model(model, cfg)
+
+
+class ProbeCallback(TrainerCallback):
+    """Probe on the schedule, keep rows, checkpoint at each probe, stop on a non-finite loss."""
+
+    def __init__(self, model, data: ProbeData, spec: RunSpec, base_row: dict, rows: list[dict],
+                 rows_path: Path, wall_offset: float, on_step: Callable[[int], None] | None = None):
+        self.model, self.data, self.spec = model, data, spec
+        self.schedule = set(spec.probe.schedule(spec.train.max_steps))
+        self.base_row, self.rows, self.rows_path = base_row, rows, rows_path
+        self.t0 = time.perf_counter() - wall_offset
+        self.losses: list[float] = []
+        self.diverged = False
+        self.on_step = on_step
+
+    def record(self, step: int) -> None:
+        metrics = probe(self.model, self.data, self.spec.probe.batch_size, self.spec.probe.forget_kl)
+        t = self.spec.train
+        row = {**self.base_row, **metrics, "step": step,
+               "tokens_seen": step * t.batch_size * t.grad_accum * self.spec.data.seq_len,
+               "ft_train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+               "wall_s": time.perf_counter() - self.t0}
+        self.rows.append(row)
+        self.losses = []
+        write_rows(self.rows_path, self.rows)
+        if not all(math.isfinite(v) for k, v in metrics.items() if k != "forget_kl" or self.spec.probe.forget_kl):
+            self.diverged = True
+
+    def on_train_begin(self, args, state, control, **kw):
+        if not any(r["step"] == 0 for r in self.rows):
+            self.record(0)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "loss" not in logs:
+            return control
+        self.losses.append(float(logs["loss"]))
+        step = state.global_step
+        if self.on_step:
+            self.on_step(step)
+        if not math.isfinite(logs["loss"]):
+            self.diverged = True
+        if step in self.schedule or self.diverged:
+            self.record(step)
+            control.should_save = not self.diverged
+        if self.diverged:
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kw):
+        # The Trainer writes checkpoints in place: mark one complete only once it is all on disk,
+        # then drop older ones, so a kill at any moment leaves a loadable checkpoint (or none).
+        current = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (current / COMPLETE_MARKER).touch()
+        for old in Path(args.output_dir).glob("checkpoint-*"):
+            if old != current:
+                shutil.rmtree(old, ignore_errors=True)
+        return control
+
+
+def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
+    t = spec.train
+    return TrainingArguments(
+        output_dir=str(out), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps, optim=_OPTIMIZERS[t.optimizer], weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed,
+        logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
+        report_to="none", disable_tqdm=True, use_cpu=device.type == "cpu",
+        bf16=dtype == torch.bfloat16 and device.type == "cuda", dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def _last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
+    found = [(int(p.name.split("-")[1]), p) for p in ckpt_dir.glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / COMPLETE_MARKER).exists()]
+    if not found:
+        return None, 0
+    step, path = max(found)
+    return path, step
+
+
+def _resume_rows(rows_path: Path, ckpt_step: int) -> list[dict]:
+    """Rows written before the last checkpoint (rows after it will be probed again)."""
+    if not rows_path.exists():
+        return []
+    import pandas as pd
+
+    frame = pd.read_parquet(rows_path)
+    return frame[frame["step"] <= ckpt_step].to_dict("records")
+
+
+def _base_row(spec: RunSpec, run_id: str, trainable: int) -> dict:
+    return {"run_id": run_id, "sweep": spec.sweep.name, "method": "lora", "model": spec.model.name,
+            "dataset": spec.data.dataset, "reference": spec.data.reference, "seed": spec.train.seed,
+            "rank": spec.lora.rank, "trainable_params": trainable, "lr": spec.train.lr,
+            "lora_alpha": spec.lora.alpha, "schema_version": SCHEMA_VERSION}
+
+
+def _meta(spec: RunSpec, status: str, **extra) -> dict:
+    import peft
+    import transformers
+
+    return {"run_id": spec.run_id, "status": status, "spec": spec.to_dict(),
+            "versions": {"forgetting_laws": __version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "peft": peft.__version__,
+                         "python": platform.python_version()}, **extra}
+
+
+def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None = None) -> RunResult:
+    """Run (or resume) one fine-tuning run and write ``<run_id>.parquet`` and ``.json``.
+
+    Parameters
+    ----------
+    spec
+        The resolved run.
+    runs_dir
+        RUNS_DIR; checkpoints live in ``RUNS_DIR/.checkpoints/<run_id>`` until the run ends.
+    on_step
+        Called with the global step after every update (progress bars).
+    """
+    runs_dir = Path(runs_dir)
+    run_id = spec.run_id
+    ckpt_dir = runs_dir / ".checkpoints" / run_id
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_json(runs_dir / f"{run_id}.json", _meta(spec, "running"))
+    device, dtype = resolve_device(spec)
+
+    model, tok = load_model(spec.model.name, dtype)
+    key = model_fingerprint(model)
+    train, heldout, reference = prepare_data(spec, tok, key)
+    model.to(device)
+    ref_t = torch.from_numpy(reference)
+    data = ProbeData(ref_t, base_targets(model, ref_t, key, spec.probe.batch_size), torch.from_numpy(heldout))
+    model = make_peft_model(model, spec)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    ckpt, ckpt_step = _last_checkpoint(ckpt_dir)
+    rows = _resume_rows(ckpt_dir / "rows.parquet", ckpt_step)
+    wall_offset = rows[-1]["wall_s"] if rows else 0.0
+    callback = ProbeCallback(model, data, spec, _base_row(spec, run_id, trainable), rows,
+                             ckpt_dir / "rows.parquet", wall_offset, on_step)
+    trainer = Trainer(model=model, args=_training_args(spec, ckpt_dir, device, dtype),
+                      train_dataset=BlockDataset(train), callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # rows and progress bars report instead
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+
+    status = "diverged" if callback.diverged else "complete"
+    write_rows(runs_dir / f"{run_id}.parquet", callback.rows)
+    wall = callback.rows[-1]["wall_s"]
+    write_json(runs_dir / f"{run_id}.json", _meta(spec, status, trainable_params=trainable, wall_s=wall,
+                                                   device=str(device), dtype=str(dtype)))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return RunResult(run_id, status, len(callback.rows), wall)

@@ -1,0 +1,67 @@
+import pytest
+
+from forgetting_laws.config import ConfigError, ProbeSection, SweepSpec, load_spec
+
+
+def spec(**sections):
+    return SweepSpec.from_dict({"sweep": {"name": "t"}, **sections})
+
+
+def test_grid_expands_cartesian_product_in_order():
+    s = spec(grid={"lora.rank": [1, 8], "train.lr": [1e-3, 1e-4]})
+    runs = s.expand()
+    assert [(r.lora.rank, r.train.lr) for r in runs] == [(1, 1e-3), (1, 1e-4), (8, 1e-3), (8, 1e-4)]
+    assert len({r.run_id for r in runs}) == 4
+
+
+def test_run_id_is_stable_and_ignores_device():
+    a = spec(grid={"lora.rank": [4]}).expand()[0]
+    b = spec(model={"device": "cpu"}, grid={"lora.rank": [4]}).expand()[0]
+    assert a.run_id == b.run_id
+    assert a.run_id != spec(train={"seed": 1}).expand()[0].run_id
+
+
+def test_int_is_accepted_for_float_field():
+    assert spec(train={"lr": 1}).base.train.lr == 1.0
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"bogus": {}}, r"unknown section \[bogus\]; sections: sweep, model"),
+    ({"train": {"max_stepz": 3}}, r"unknown field train.max_stepz; fields of \[train\]: max_steps"),
+    ({"lora": {"rank": 0}}, r"lora.rank = 0, must be > 0"),
+    ({"train": {"max_steps": -1}}, r"train.max_steps = -1, must be > 0"),
+    ({"grid": {"lora.rnk": [1]}}, r"grid key 'lora.rnk' names no field; valid keys: .*lora.rank"),
+    ({"grid": {"lora.rank": [4, 0]}}, r"lora.rank = 0, must be > 0"),
+    ({"grid": {"lora.rank": 4}}, r"must be a non-empty list"),
+    ({"train": {"optimizer": "adam"}}, r"train.optimizer = 'adam'; allowed values: 'adamw', 'adafactor', 'sgd'"),
+    ({"train": {"max_steps": "ten"}}, r"train.max_steps = 'ten' has type str, expected int"),
+    ({"probe": {"steps": "linear"}}, r"probe.steps = 'linear'; use 'log' or a list"),
+])
+def test_bad_specs_name_field_value_and_fix(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        SweepSpec.from_dict(raw)
+
+
+def test_probe_schedule_log_then_every():
+    assert ProbeSection(steps="log", every=10).schedule(60) == [0, 1, 2, 4, 8, 10, 20, 30, 40, 50, 60]
+    assert ProbeSection(steps=[5, 0, 99], every=10).schedule(60) == [0, 5, 60]
+
+
+def test_load_spec_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_spec(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sweep\nname=1")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_spec(bad)
+
+
+def test_demo_spec_meets_its_brief():
+    from conftest import REPO
+
+    s = load_spec(REPO / "sweeps" / "demo.toml")
+    runs = s.expand()
+    ranks = sorted(r.lora.rank for r in runs)
+    assert len(ranks) >= 4 and ranks[-1] / ranks[0] >= 10 ** 1.5
+    assert all(r.train.max_steps >= 60 for r in runs)
+    assert s.base.model.name == "smollm2-135m" and s.base.data.dataset == "lee-news"

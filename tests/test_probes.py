@@ -1,0 +1,91 @@
+"""Probe correctness against hand-written computations on a tiny random model."""
+
+import torch
+import torch.nn.functional as F
+
+from forgetting_laws.config import SweepSpec
+from forgetting_laws.models import load_model, model_fingerprint
+from forgetting_laws.probes import ProbeData, base_targets, lm_loss, probe
+from forgetting_laws.train import make_peft_model, prepare_data
+
+
+def setup(seq_len=32, n=6):
+    spec = SweepSpec.from_dict({"model": {"name": "tiny-random-llama"},
+                                "data": {"seq_len": seq_len, "heldout_blocks": n, "reference_blocks": n}}).base
+    model, tok = load_model("tiny-random-llama")
+    key = model_fingerprint(model)
+    train, heldout, ref = prepare_data(spec, tok, key)
+    ref = torch.from_numpy(ref)
+    data = ProbeData(ref, base_targets(model, ref, key, batch_size=4), torch.from_numpy(heldout))
+    return spec, model, data, key
+
+
+def hand_ce(model, ids, targets):
+    """Mean cross-entropy by an explicit loop over blocks and positions."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in range(ids.shape[0]):
+            logits = model(input_ids=ids[b : b + 1]).logits[0]
+            for t in range(ids.shape[1] - 1):
+                total += -torch.log_softmax(logits[t].double(), -1)[targets[b, t]].item()
+                count += 1
+    return total / count
+
+
+def test_base_targets_are_cached_and_equal_recomputed():
+    _, model, data, key = setup()
+    again = base_targets(model, data.reference, key, use_cache=False)
+    assert torch.equal(again, data.targets)
+    with torch.no_grad():
+        direct = model(input_ids=data.reference).logits[:, :-1].argmax(-1)
+    assert torch.equal(direct, data.targets)
+
+
+def test_step0_forget_loss_is_base_self_cross_entropy():
+    spec, model, data, _ = setup()
+    expected = hand_ce(model, data.reference, data.targets)
+    peft_model = make_peft_model(model, spec)  # B = 0: the adapter is inert
+    m = probe(peft_model, data, batch_size=4)
+    assert abs(m["forget_loss"] - expected) < 1e-5
+    assert m["agreement"] == 1.0
+
+
+def test_zero_B_lora_after_changing_A_keeps_base_predictions():
+    spec, model, data, _ = setup()
+    expected = hand_ce(model, data.reference, data.targets)
+    peft_model = make_peft_model(model, spec)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                p.normal_(0, 10.0)  # A changes, B stays zero: the product BA is still zero
+    m = probe(peft_model, data, batch_size=4, kl=True)
+    assert abs(m["forget_loss"] - expected) < 1e-5
+    assert m["agreement"] == 1.0
+    assert abs(m["forget_kl"]) < 1e-6
+
+
+def test_ft_and_ref_loss_match_hand_loop_after_a_change():
+    spec, model, data, _ = setup()
+    peft_model = make_peft_model(model, spec)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    m = probe(peft_model, data, batch_size=4, kl=True)
+    assert abs(m["ft_loss"] - hand_ce(peft_model, data.heldout, data.heldout[:, 1:])) < 1e-5
+    assert abs(m["ref_loss"] - hand_ce(peft_model, data.reference, data.reference[:, 1:])) < 1e-5
+    assert abs(m["forget_loss"] - hand_ce(peft_model, data.reference, data.targets)) < 1e-5
+    assert m["agreement"] < 1.0 and m["forget_kl"] > 0
+    with torch.no_grad(), peft_model.disable_adapter():
+        lp_base = F.log_softmax(peft_model(input_ids=data.reference).logits[:, :-1].double(), -1)
+    with torch.no_grad():
+        lp_ft = F.log_softmax(peft_model(input_ids=data.reference).logits[:, :-1].double(), -1)
+    kl = (lp_base.exp() * (lp_base - lp_ft)).sum(-1).mean().item()
+    assert abs(m["forget_kl"] - kl) < 1e-5
+
+
+def test_lm_loss_equals_model_loss():
+    _, model, data, _ = setup()
+    with torch.no_grad():
+        expected = model(input_ids=data.heldout, labels=data.heldout).loss.item()
+    assert abs(lm_loss(model, data.heldout, batch_size=3) - expected) < 1e-5
