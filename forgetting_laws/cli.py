@@ -63,10 +63,94 @@ def _add_sweep(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
+def _analyse(runs_dir: Path, bootstrap: int, min_step: int, seed: int = 0):
+    from .store import load_runs
+    from .study import fit_sweep
+
+    df = load_runs(runs_dir)
+    return df, fit_sweep(df, bootstrap=bootstrap, min_step=min_step, seed=seed)
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .study import write_figures
+
+    df, fits = _analyse(Path(args.runs_dir), args.bootstrap, args.min_step)
+    written = write_figures(df, fits, args.out, min_step=args.min_step)
+    for name, paths in written.items():
+        print(f"{name}: {', '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .study import write_figures
+
+    df, fits = _analyse(Path(args.runs_dir), args.bootstrap, args.min_step)
+    fig_dir = Path(args.figures) if args.figures else Path(args.out).parent / "figures"
+    figures = write_figures(df, fits, fig_dir, min_step=args.min_step)
+    print(f"report: {write_report(df, fits, figures, args.out, runs_dir=args.runs_dir)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Sweep -> fits -> figures -> report on the embedded default; resumable."""
+    from .config import load_spec
+    from .report import write_report
+    from .study import verdict, write_figures
+    from .sweep import run_sweep
+
+    out = Path(args.out)
+    run_sweep(load_spec(args.spec), out / "runs", progress=not args.quiet)
+    df, fits = _analyse(out / "runs", args.bootstrap, args.min_step)
+    figures = write_figures(df, fits, out / "figures", min_step=args.min_step)
+    for name, res in fits.items():
+        print(f"\n== {name}\n{_summary(res)}\n   {verdict(res)}")
+        (out / "fits").mkdir(parents=True, exist_ok=True)
+        res.to_json(out / "fits" / f"{name}.json")
+    report = write_report(df, fits, figures, out / "report.html", runs_dir=out / "runs")
+    print(f"\nreport:  {report.resolve()}\nfigures: {(out / 'figures').resolve()}  ({len(figures)} figures, PNG + PDF)"
+          f"\nfits:    {(out / 'fits').resolve()}\nruns:    {(out / 'runs').resolve()}")
+    return 0
+
+
+def _summary(res) -> str:
+    return "\n".join(f"   {p:>8} = {v:10.4g}   {res.ci_level:.0%} CI [{res.ci[p][0]:.4g}, {res.ci[p][1]:.4g}]"
+                     for p, v in res.params.items())
+
+
+def _add_analysis(sub) -> None:
+    from .fit import add_fit_arguments, run_fit_command
+
+    p = sub.add_parser("fit", help="fit a law to a runs folder or parquet file")
+    add_fit_arguments(p)
+    p.set_defaults(func=run_fit_command)
+    for name, func, help_ in (("figures", cmd_figures, "draw the paper-style figures of a sweep"),
+                              ("report", cmd_report, "write a self-contained HTML report of a sweep")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("runs_dir", help="RUNS_DIR of a sweep")
+        p.add_argument("--out", "-o", required=True, help="output folder (figures) or .html file (report)")
+        if name == "report":
+            p.add_argument("--figures", help="folder for the figures (default: beside the report)")
+        _common_fit_options(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("demo", help="sweep -> fits -> figures -> report on the embedded default")
+    p.add_argument("--spec", default="sweeps/demo.toml")
+    p.add_argument("--out", "-o", default="demo-out")
+    p.add_argument("--quiet", action="store_true")
+    _common_fit_options(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def _common_fit_options(p) -> None:
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (default 200)")
+    p.add_argument("--min-step", type=int, default=1, help="leave out steps below this (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetting-laws", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sweep(sub)
+    _add_analysis(sub)
     return parser
 
 

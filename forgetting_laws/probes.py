@@ -20,6 +20,7 @@ once and caches them, so a probe costs one forward pass of the fine-tuned model.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from .models import cache_dir
 
-__all__ = ["ProbeData", "base_targets", "probe", "forget_probe", "lm_loss"]
+__all__ = ["ProbeData", "base_targets", "base_probe", "probe", "forget_probe", "lm_loss"]
 
 
 @dataclass
@@ -130,4 +131,25 @@ def probe(model, data: ProbeData, batch_size: int = 8, kl: bool = False) -> dict
         metrics["ft_loss"] = lm_loss(model, data.heldout, batch_size)
     finally:
         model.train(was_training)
+    return metrics
+
+
+def base_probe(model, data: ProbeData, batch_size: int = 8, kl: bool = False) -> dict[str, float]:
+    """The probe of a model whose adapter is inert, cached: every run of a sweep shares step 0.
+
+    Only valid when ``model`` computes exactly the base model (LoRA B = 0 at initialisation);
+    the caller checks that. The cache key is the base targets' digest, which already depends
+    on the model and the reference blocks, plus the held-out blocks.
+    """
+    h = hashlib.sha1(data.targets.numpy().tobytes())
+    h.update(data.reference.numpy().tobytes())
+    h.update(data.heldout.numpy().tobytes())
+    path = cache_dir() / "base_probes" / f"{h.hexdigest()[:20]}-kl{int(kl)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    metrics = probe(model, data, batch_size, kl)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(metrics))
+    os.replace(tmp, path)
     return metrics

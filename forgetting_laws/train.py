@@ -25,7 +25,7 @@ from . import __version__
 from .config import RunSpec
 from .corpora import split_blocks, token_blocks
 from .models import load_model, model_fingerprint
-from .probes import ProbeData, base_targets, probe
+from .probes import ProbeData, base_probe, base_targets, probe
 from .store import SCHEMA_VERSION, write_json, write_rows
 
 __all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "make_peft_model"]
@@ -90,6 +90,12 @@ def make_peft_model(model, spec: RunSpec):
     return get_peft_model(model, cfg)
 
 
+def _adapter_is_inert(model) -> bool:
+    """True when every LoRA B matrix is zero, so the model computes exactly the base model."""
+    bs = [p for n, p in model.named_parameters() if "lora_B" in n]
+    return bool(bs) and all(not p.any() for p in bs)
+
+
 class ProbeCallback(TrainerCallback):
     """Probe on the schedule, keep rows, checkpoint at each probe, stop on a non-finite loss."""
 
@@ -104,7 +110,10 @@ class ProbeCallback(TrainerCallback):
         self.on_step = on_step
 
     def record(self, step: int) -> None:
-        metrics = probe(self.model, self.data, self.spec.probe.batch_size, self.spec.probe.forget_kl)
+        if step == 0 and _adapter_is_inert(self.model):
+            metrics = base_probe(self.model, self.data, self.spec.probe.batch_size, self.spec.probe.forget_kl)
+        else:
+            metrics = probe(self.model, self.data, self.spec.probe.batch_size, self.spec.probe.forget_kl)
         t = self.spec.train
         row = {**self.base_row, **metrics, "step": step,
                "tokens_seen": step * t.batch_size * t.grad_accum * self.spec.data.seq_len,

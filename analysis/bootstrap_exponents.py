@@ -1,0 +1,9 @@
+"""Regenerate the bootstrap distributions of the L_f(P, N) exponents.
+
+Usage: python analysis/bootstrap_exponents.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
+"""
+
+from forgetting_laws.study import figure_script
+
+if __name__ == "__main__":
+    figure_script("bootstrap_exponents")

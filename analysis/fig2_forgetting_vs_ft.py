@@ -1,0 +1,9 @@
+"""Regenerate the paper's Figure 2: forgetting against fine-tuning loss with the inverse-linear fit.
+
+Usage: python analysis/fig2_forgetting_vs_ft.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
+"""
+
+from forgetting_laws.study import figure_script
+
+if __name__ == "__main__":
+    figure_script("fig2_forgetting_vs_ft")

@@ -1,0 +1,9 @@
+"""Regenerate the predicted-forgetting contour map over (P, N) with the measured runs.
+
+Usage: python analysis/forgetting_map.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
+"""
+
+from forgetting_laws.study import figure_script
+
+if __name__ == "__main__":
+    figure_script("forgetting_map")

@@ -1,0 +1,9 @@
+"""Regenerate the held-out-rank extrapolation of L_f(P, N).
+
+Usage: python analysis/holdout_rank.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
+"""
+
+from forgetting_laws.study import figure_script
+
+if __name__ == "__main__":
+    figure_script("holdout_rank")

@@ -1,0 +1,209 @@
+"""Paper-style figures. Each function draws one thing on an optional Axes and returns it.
+
+Inputs are a runs DataFrame (:func:`forgetting_laws.load_runs`) and/or a
+:class:`~forgetting_laws.fit.FitResult`; nothing here loads, fits or imports torch.
+
+Example
+-------
+>>> ax = forgetting_vs_ft(df, fit_il)                       # doctest: +SKIP
+>>> ax.figure.savefig("fig2.png")                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+__all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
+           "bootstrap_params", "rank_colors", "save", "OKABE_ITO", "LABELS"]
+
+#: Okabe & Ito's colour-blind-safe palette.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+LABELS = {"ft_loss": "fine-tuning loss $L_{ft}$", "forget_loss": "forgetting loss $L_f$",
+          "step": "update steps $N$", "trainable_params": "fine-tuned parameters $P$",
+          "ref_loss": "reference loss", "agreement": "agreement with base"}
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+                     "legend.fontsize": 8, "figure.dpi": 110})
+
+
+def _axes(ax, size=(5.0, 4.0)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=size, layout="constrained")
+    return ax
+
+
+def rank_colors(ranks: Sequence[int]) -> dict[int, str]:
+    """One Okabe-Ito colour per rank, in increasing rank order."""
+    return {r: OKABE_ITO[i % len(OKABE_ITO)] for i, r in enumerate(sorted(set(int(r) for r in ranks)))}
+
+
+def _curve_inputs(fit, df: pd.DataFrame) -> dict[str, str]:
+    """Law input name -> DataFrame column, as the fit used them."""
+    return {name: (fit.x or {}).get(name, name) for name in fit.law.inputs}
+
+
+def forgetting_vs_ft(df: pd.DataFrame, fit=None, ax=None, x: str = "ft_loss", y: str = "forget_loss"):
+    r"""Forgetting against fine-tuning loss, coloured by rank, with the fitted line and its band.
+
+    The paper's Figure 2: :math:`L_f = s - c\,L_{ft}` (``inverse_linear``).
+    """
+    ax = _axes(ax)
+    colors = rank_colors(df["rank"])
+    for rank, g in df.groupby("rank"):
+        ax.scatter(g[x], g[y], s=14, color=colors[int(rank)], label=f"r = {rank}", alpha=0.85, zorder=3)
+    if fit is not None:
+        grid = np.linspace(df[x].min(), df[x].max(), 200)
+        (name,) = fit.law.inputs
+        ax.plot(grid, fit.predict(**{name: grid}), "k-", lw=1.5, label="fit", zorder=4)
+        if fit.draws.size:
+            lo, hi = fit.predict_interval(fit.ci_level, **{name: grid})
+            ax.fill_between(grid, lo, hi, color="0.6", alpha=0.35, lw=0, label=f"{fit.ci_level:.0%} CI")
+        p = fit.params
+        eq = f"$L_f = {p['s']:.3f} - {p['c']:.3f}\\,L_{{ft}}$" if "c" in p and "s" in p else fit.law_name
+        ax.text(0.03, 0.04, f"{eq}\n$R^2$ = {fit.metrics['r2']:.3f}", transform=ax.transAxes,
+                fontsize=9, bbox={"fc": "white", "ec": "0.7", "alpha": 0.9})
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.legend(loc="upper right", ncols=2)
+    return ax
+
+
+def trajectories(df: pd.DataFrame, fit=None, metric: str = "ft_loss", ax=None, log_steps: bool = True):
+    """Loss over steps, one line per rank; dashed: the fitted P,N law (the paper's Figure 3)."""
+    ax = _axes(ax)
+    colors = rank_colors(df["rank"])
+    for rank, g in df.sort_values("step").groupby("rank"):
+        g = g[g.step > 0] if log_steps else g
+        ax.plot(g.step, g[metric], "o", ms=3.5, color=colors[int(rank)], label=f"r = {rank}")
+        if fit is not None:
+            cols = _curve_inputs(fit, df)
+            steps = np.geomspace(max(1, g.step.min()), g.step.max(), 100)
+            inputs = {k: (steps if c == "step" else np.full_like(steps, g[c].iloc[0], dtype=float))
+                      for k, c in cols.items()}
+            pred = np.asarray(fit.predict(**inputs))
+            pred = pred[_output_index(fit, metric)] if pred.ndim == 2 else pred
+            ax.plot(steps, pred, "--", lw=1.2, color=colors[int(rank)])
+    if log_steps:
+        ax.set_xscale("log")
+    ax.set_xlabel(LABELS["step"])
+    ax.set_ylabel(LABELS.get(metric, metric))
+    title = f"{metric}: measured (points)" + (f", {fit.law_name} fit (dashed)" if fit is not None else "")
+    ax.set_title(title, fontsize=9)
+    ax.legend(ncols=2)
+    return ax
+
+
+def _output_index(fit, metric: str) -> int:
+    """Which output of a joint law predicts ``metric``."""
+    outputs = list(fit.y) if fit.y else list(fit.law.outputs)
+    return outputs.index(metric) if metric in outputs else 0
+
+
+def forgetting_map(fit, df: pd.DataFrame | None = None, ax=None, levels: int = 12,
+                   metric: str = "forget_loss"):
+    """Predicted forgetting over the (P, N) plane as a contour map, measured runs on top."""
+    ax = _axes(ax, (5.5, 4.0))
+    cols = _curve_inputs(fit, df if df is not None else pd.DataFrame())
+    p_in, n_in = fit.law.inputs
+    P = np.asarray(fit.inputs[p_in], float)
+    N = np.asarray(fit.inputs[n_in], float)
+    pg = np.geomspace(P.min() / 2, P.max() * 2, 80)
+    ng = np.linspace(max(N.min(), 1), N.max() * 1.5, 80)
+    PP, NN = np.meshgrid(pg, ng)
+    Z = np.asarray(fit.predict(**{p_in: PP.ravel(), n_in: NN.ravel()}))
+    Z = (Z[_output_index(fit, metric)] if Z.ndim == 2 else Z).reshape(PP.shape)
+    cs = ax.contourf(PP, NN, Z, levels=levels, cmap="cividis")
+    ax.contour(PP, NN, Z, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
+    ax.figure.colorbar(cs, ax=ax, label=f"predicted {LABELS.get(metric, metric)}")
+    if df is not None:
+        runs = df.groupby("run_id").agg(P=(cols[p_in], "first"), N=(cols[n_in], "max"))
+        ax.scatter(runs.P, runs.N, marker="o", s=40, facecolor="white", edgecolor="k", zorder=3,
+                   label="measured runs (final step)")
+        ax.legend(loc="upper right")
+    ax.set_xscale("log")
+    ax.set_xlabel(LABELS["trainable_params"])
+    ax.set_ylabel(LABELS["step"])
+    return ax
+
+
+def extrapolation(fit, df: pd.DataFrame, held_out: np.ndarray, metric: str | None = None, ax=None):
+    """Measured against predicted, for points fitted on (grey) and held out (coloured by rank).
+
+    ``held_out`` is a boolean mask over ``df`` rows, as :func:`forgetting_laws.fit.holdout_mask`
+    returns for the spec the fit was made with.
+    """
+    ax = _axes(ax, (4.5, 4.5))
+    metric = metric or (fit.y[0] if fit.y else fit.law.outputs[0])
+    cols = _curve_inputs(fit, df)
+    pred = np.asarray(fit.predict(**{k: df[c].to_numpy(float) for k, c in cols.items()}))
+    pred = pred[_output_index(fit, metric)] if pred.ndim == 2 else pred
+    obs = df[metric].to_numpy(float)
+    ax.scatter(pred[~held_out], obs[~held_out], s=10, color="0.65", label="fitted on")
+    colors = rank_colors(df["rank"])
+    for rank in sorted(df.loc[held_out, "rank"].unique()):
+        m = held_out & (df["rank"] == rank).to_numpy()
+        ax.scatter(pred[m], obs[m], s=18, color=colors[int(rank)], label=f"held out, r = {rank}", zorder=3)
+    lo, hi = np.nanmin([pred.min(), obs.min()]), np.nanmax([pred.max(), obs.max()])
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    are = np.mean(np.abs(pred[held_out] - obs[held_out]) / np.abs(obs[held_out])) if held_out.any() else np.nan
+    ax.set_title(f"{fit.law_name}: held-out ARE = {are:.2%}", fontsize=10)
+    ax.set_xlabel(f"predicted {metric}")
+    ax.set_ylabel(f"measured {metric}")
+    ax.legend()
+    return ax
+
+
+def residuals(fit, ax=None, against: str | None = None):
+    """Residuals (observed - fitted) against the fitted values or against one input."""
+    ax = _axes(ax, (5.0, 3.2))
+    r = np.asarray(fit.residuals)
+    xs = np.asarray(fit.fitted) if against is None else np.tile(np.asarray(fit.inputs[against]), r.size // len(fit.inputs[against]))
+    ax.scatter(xs, r, s=10, color=OKABE_ITO[0], alpha=0.8)
+    ax.axhline(0, color="k", lw=1)
+    if against is not None and against in getattr(fit.law, "positive_inputs", ()):
+        ax.set_xscale("log")
+    ax.set_xlabel("fitted" if against is None else against)
+    ax.set_ylabel("residual")
+    ax.set_title(f"{fit.law_name} residuals (RMSE {fit.metrics.get('rmse', float('nan')):.3g})", fontsize=10)
+    return ax
+
+
+def bootstrap_params(fit, params: Sequence[str] | None = None, axes=None):
+    """Histograms of the bootstrap draws of ``params`` (default: the exponents), best fit marked."""
+    names = list(fit.params)
+    params = list(params or [p for p in names if p.startswith(("alpha", "beta", "rho"))] or names[:2])
+    if axes is None:
+        _, axes = plt.subplots(1, len(params), figsize=(2.6 * len(params), 2.6), layout="constrained", squeeze=False)
+        axes = axes[0]
+    if fit.draws.size == 0:
+        raise ValueError("this fit has no bootstrap draws; refit with bootstrap > 0")
+    for ax, p in zip(axes, params):
+        draws = fit.draws[:, names.index(p)]
+        ax.hist(draws[np.isfinite(draws)], bins=30, color=OKABE_ITO[5], edgecolor="white")
+        ax.axvline(fit.params[p], color="k", lw=1.5, label="best fit")
+        lo, hi = fit.ci[p]
+        ax.axvspan(lo, hi, color="0.5", alpha=0.2, label=f"{fit.ci_level:.0%} CI")
+        ax.set_xlabel(p)
+    axes[0].set_ylabel("bootstrap draws")
+    axes[0].legend(fontsize=7)
+    return axes
+
+
+def save(fig_or_ax: Any, path: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Save a figure as PNG and PDF (``path`` without suffix); returns the written paths."""
+    fig = fig_or_ax.figure if hasattr(fig_or_ax, "figure") and not isinstance(fig_or_ax, plt.Figure) else fig_or_ax
+    if isinstance(fig_or_ax, np.ndarray):
+        fig = fig_or_ax.flat[0].figure
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = [path.with_suffix(f".{f}") for f in formats]
+    for p in out:
+        fig.savefig(p, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return out
