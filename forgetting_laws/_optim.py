@@ -59,6 +59,14 @@ class Problem:
             self.ulo = np.where(self.is_log, np.log(np.maximum(lo, 0.0)), lo)
             self.uhi = np.where(self.is_log, np.log(hi), hi)
         self.lin = np.array([p in law.linear for p in law.params], dtype=bool)
+        self.gauge = np.array([p in law.gauge for p in law.params], dtype=bool)
+
+    def ubounds(self, u0: np.ndarray, mask: np.ndarray | None = None) -> list[tuple[float, float]]:
+        """L-BFGS-B bounds on u; gauge parameters are pinned at ``u0``."""
+        lo = np.where(self.gauge, u0, self.ulo)
+        hi = np.where(self.gauge, u0, self.uhi)
+        mask = np.ones_like(self.gauge) if mask is None else mask
+        return list(zip(lo[mask], hi[mask]))
 
     @property
     def uses_varpro(self) -> bool:
@@ -176,6 +184,10 @@ class Problem:
 
     def solve_linear(self, theta: np.ndarray) -> np.ndarray:
         """Bound-respecting weighted least-squares linear parameters at one ``theta`` (p,)."""
+        return self.solve_linear_pred(theta)[0]
+
+    def solve_linear_pred(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`solve_linear`, also returning the prediction (m,)."""
         f0, phi = self.basis(theta[None])
         sw = np.sqrt(self.w)
         A, b = (phi[0] * sw).T, (self.y - f0[0]) * sw
@@ -186,13 +198,12 @@ class Problem:
             beta = lsq_linear(A, b, bounds=(lo, hi)).x
         out = theta.copy()
         out[self.lin] = beta
-        return out
+        return out, f0[0] + beta @ phi[0]
 
     def varpro_objective(self, u_nl: np.ndarray, theta0: np.ndarray) -> tuple[float, np.ndarray]:
         theta = theta0.copy()
         theta[~self.lin] = self.to_theta(self._embed(u_nl, theta0))[~self.lin]
-        theta = self.solve_linear(theta)
-        pred = self.evaluate_one(theta)
+        theta, pred = self.solve_linear_pred(theta)
         r = pred - self.y
         if not np.all(np.isfinite(r)):
             return _BIG, np.zeros_like(u_nl)
@@ -266,19 +277,23 @@ class Solution:
 def refine(prob: Problem, theta0: np.ndarray, start: int = -1, maxiter: int = 3000) -> Solution:
     """L-BFGS-B from one start (full space or variable projection)."""
     opts = {"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20}
-    if prob.uses_varpro:
+    if prob.uses_varpro and not prob.lin.all():
         nl = ~prob.lin
         theta0 = prob.solve_linear(theta0)
-        u0 = np.clip(prob.to_u(theta0)[nl], prob.ulo[nl], prob.uhi[nl])
-        res = minimize(prob.varpro_objective, u0, args=(theta0,), jac=True, method="L-BFGS-B",
-                       bounds=list(zip(prob.ulo[nl], prob.uhi[nl])), options=opts)
+        u0 = np.clip(prob.to_u(theta0), prob.ulo, prob.uhi)
+        res = minimize(prob.varpro_objective, u0[nl], args=(theta0,), jac=True, method="L-BFGS-B",
+                       bounds=prob.ubounds(u0, nl), options=opts)
         theta = theta0.copy()
         theta[nl] = prob.to_theta(prob._embed(res.x, theta0))[nl]
         theta = prob.solve_linear(theta)
+    elif prob.uses_varpro:  # every parameter linear: closed form
+        theta = prob.solve_linear(theta0)
+        value = float(prob.objective_values(prob.evaluate(theta))[0])
+        return Solution(theta, value, start, 0, True)
     else:
         u0 = np.clip(prob.to_u(theta0), prob.ulo, prob.uhi)
         res = minimize(prob.full_objective, u0, jac=True, method="L-BFGS-B",
-                       bounds=list(zip(prob.ulo, prob.uhi)), options=opts)
+                       bounds=prob.ubounds(u0), options=opts)
         theta = prob.to_theta(res.x)
     value = float(prob.objective_values(prob.evaluate(theta))[0])
     return Solution(theta, value, start, int(res.nit), bool(res.success) and value < _BIG)

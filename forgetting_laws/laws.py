@@ -83,6 +83,10 @@ class Law:
         Names of what the law predicts (default data columns for ``y``).
     formula, latex : str
         The formula as plain text and as LaTeX.
+    gauge : tuple of str
+        Parameters a symmetry of the law makes redundant: any value of them is
+        matched by the other parameters, so the fitter holds them at their
+        start value (which keeps the search well conditioned) and says so.
     grad : callable, optional
         ``grad(**inputs, **params) -> array (n_params, ..., n)``, the derivative
         of the prediction with respect to each parameter, in ``params`` order.
@@ -101,6 +105,7 @@ class Law:
     outputs: tuple[str, ...] = ("y",)
     formula: str = ""
     latex: str = ""
+    gauge: tuple[str, ...] = ()
     grad: Callable[..., np.ndarray] | None = None
 
     def __post_init__(self) -> None:
@@ -139,7 +144,7 @@ def _check_law_fields(law: Law) -> None:
     clash = set(law.inputs) & set(law.params)
     if clash:
         raise LawError(f"law {law.name!r}: {sorted(clash)} are both inputs and parameters; rename one")
-    for attr in ("linear", "log_params"):
+    for attr in ("linear", "log_params", "gauge"):
         unknown = set(getattr(law, attr)) - set(law.params)
         if unknown:
             raise LawError(
@@ -310,8 +315,9 @@ def kalajdzievski_ft(P, N, c, s, a, alpha, b, beta, rho) -> np.ndarray:
 
     .. math:: L_{ft}(P, N) = c \left( (a/P)^{\alpha} + (b/N)^{\beta} \right)^{\rho} + s
 
-    ``c`` and ``(a, b)`` trade off exactly (scaling a by k^(1/alpha) and b by
-    k^(1/beta) is undone by c k^(-rho)); only the predictions are identified.
+    ``c``, ``a`` and ``b`` trade off exactly: scaling a by :math:`k^{1/\alpha}` and b by
+    :math:`k^{1/\beta}` is undone by :math:`c\,k^{-\rho}`. The fitter therefore holds
+    ``b`` at its start value (a gauge choice) and reports that it did.
 
     Examples
     --------
@@ -419,7 +425,7 @@ def _epoch_grid() -> dict[str, list[float]]:
 
 _KAL_GRID = {
     "a": [1e3, 1e6], "alpha": [0.02, 0.05, 0.15, 0.5],
-    "b": [10.0, 100.0], "beta": [0.05, 0.12, 0.3, 0.8], "rho": [1.0, 3.0, 8.0],
+    "b": [50.0], "beta": [0.05, 0.12, 0.3, 0.8], "rho": [1.0, 3.0, 8.0],
 }
 _KAL_BOUNDS = {
     "a": (0.0, _INF), "alpha": (0.0, 5.0), "b": (0.0, _INF), "beta": (0.0, 5.0), "rho": (1e-3, 50.0),
@@ -445,7 +451,7 @@ register(Law(
     name="kalajdzievski_ft", func=kalajdzievski_ft, inputs=("P", "N"),
     params=("c", "s", "a", "alpha", "b", "beta", "rho"),
     bounds={"c": (0.0, _INF), **_KAL_BOUNDS}, grid=_KAL_GRID, linear=("c", "s"),
-    log_params=("c", "a", "b"), positive_inputs=("P", "N"), outputs=("ft_loss",),
+    log_params=("c", "a", "b"), positive_inputs=("P", "N"), outputs=("ft_loss",), gauge=("b",),
     grad=_kalajdzievski_ft_grad,
     formula="L_ft = c * ((a/P)^alpha + (b/N)^beta)^rho + s",
     latex=r"L_{ft} = c\left((a/P)^{\alpha} + (b/N)^{\beta}\right)^{\rho} + s",
@@ -455,7 +461,7 @@ register(Law(
     params=("c_f", "s_f", "a_f", "alpha_f", "b_f", "beta_f", "rho"),
     bounds={"c_f": (0.0, _INF), **_suffixed(_KAL_BOUNDS, "_f")}, grid=_suffixed(_KAL_GRID, "_f"),
     linear=("c_f", "s_f"), log_params=("c_f", "a_f", "b_f"), positive_inputs=("P", "N"),
-    outputs=("forget_loss",), grad=_kalajdzievski_forget_grad,
+    outputs=("forget_loss",), grad=_kalajdzievski_forget_grad, gauge=("b_f",),
     formula="L_f = s_f - c_f * ((a_f/P)^alpha_f + (b_f/N)^beta_f)^rho",
     latex=r"L_f = s_f - c_f\left((a_f/P)^{\alpha_f} + (b_f/N)^{\beta_f}\right)^{\rho}",
 ))
@@ -467,6 +473,7 @@ register(Law(
           "rho": [1.0, 3.0, 8.0], "a": [1e4], "b": [50.0], "a_f": [1e4], "b_f": [50.0]},
     linear=("c", "s", "c_f", "s_f"), log_params=("c", "a", "b", "c_f", "a_f", "b_f"),
     positive_inputs=("P", "N"), outputs=("ft_loss", "forget_loss"), grad=_kalajdzievski_joint_grad,
+    gauge=("b", "b_f"),
     formula="L_ft = c*((a/P)^alpha + (b/N)^beta)^rho + s;  "
             "L_f = s_f - c_f*((a_f/P)^alpha_f + (b_f/N)^beta_f)^rho  (rho shared)",
     latex=r"L_{ft} = c X_{ft}^{\rho} + s,\; L_f = s_f - c_f X_f^{\rho}",
