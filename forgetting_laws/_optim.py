@@ -93,14 +93,16 @@ class Problem:
         """Predictions for parameter sets ``theta`` (B, p) -> (B, m)."""
         theta = np.atleast_2d(theta)
         kw = {p: theta[:, [j]] for j, p in enumerate(self.law.params)}
-        out = np.asarray(self.law.func(**self.X, **kw), dtype=float)
+        with np.errstate(all="ignore"):  # far-off parameter sets give inf/nan: scored as _BIG
+            out = np.asarray(self.law.func(**self.X, **kw), dtype=float)
         if out.size == theta.shape[0] * self.y.size:
             return out.reshape(theta.shape[0], -1)
         return np.array([self.evaluate_one(t) for t in theta])  # law does not broadcast
 
     def evaluate_one(self, theta: np.ndarray) -> np.ndarray:
         kw = {p: float(v) for p, v in zip(self.law.params, theta)}
-        out = np.asarray(self.law.func(**self.X, **kw), dtype=float)
+        with np.errstate(all="ignore"):
+            out = np.asarray(self.law.func(**self.X, **kw), dtype=float)
         return np.broadcast_to(out, (self.law.n_outputs, self.y.size // self.law.n_outputs)).ravel()
 
     def jac_u(self, theta: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
@@ -108,7 +110,8 @@ class Problem:
         idx = np.arange(theta.size) if idx is None else idx
         if self.law.grad is not None:
             kw = {p: float(v) for p, v in zip(self.law.params, theta)}
-            g = np.asarray(self.law.grad(**self.X, **kw), dtype=float).reshape(theta.size, -1)
+            with np.errstate(all="ignore"):
+                g = np.asarray(self.law.grad(**self.X, **kw), dtype=float).reshape(theta.size, -1)
             g = g * np.where(self.is_log, theta, 1.0)[:, None]  # chain rule: d theta / d u
             return g[idx]
         u = self.to_u(theta)

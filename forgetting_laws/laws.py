@@ -373,7 +373,7 @@ def kalajdzievski_joint(P, N, c, s, a, alpha, b, beta, c_f, s_f, a_f, alpha_f, b
     ft = kalajdzievski_ft(P, N, c, s, a, alpha, b, beta, rho)
     fg = kalajdzievski_forget(P, N, c_f, s_f, a_f, alpha_f, b_f, beta_f, rho)
     ft, fg = np.broadcast_arrays(ft, fg)
-    return np.stack([ft, fg], axis=-2)
+    return np.stack([ft, fg], axis=-2 if ft.ndim else 0)
 
 
 def _kalajdzievski_joint_grad(P, N, c, s, a, alpha, b, beta, c_f, s_f, a_f, alpha_f, b_f, beta_f, rho):
