@@ -23,11 +23,13 @@ the best starts are refined with L-BFGS-B.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import lsq_linear, minimize
 
+from ._blas import single_threaded_blas
 from .laws import Law
 
 LOSSES = ("huber_log", "mse", "mse_log")
@@ -335,13 +337,30 @@ def group_weights(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def bootstrap(prob: Problem, starts: list[np.ndarray], groups: np.ndarray, n_boot: int,
-              rng: np.random.Generator) -> np.ndarray:
-    """Refit on ``n_boot`` group resamples, warm-started from ``starts``; draws (n_boot, p)."""
-    draws = np.empty((n_boot, len(prob.law.params)))
+              seed: int = 0, n_jobs: int = 1) -> np.ndarray:
+    """Refit on ``n_boot`` group resamples, warm-started from ``starts``; draws (n_boot, p).
+
+    Resample ``i`` draws from its own child of ``SeedSequence(seed)``, so the
+    draws do not depend on ``n_jobs``. With ``n_jobs > 1`` the resamples are
+    split over a process pool (the law must then be picklable: a module-level
+    function, not a lambda).
+    """
+    children = np.random.SeedSequence(seed).spawn(n_boot)
+    if n_jobs <= 1 or n_boot < 2 * n_jobs:
+        return _bootstrap_chunk(prob, starts, groups, children)
+    chunks = [list(c) for c in np.array_split(np.array(children, dtype=object), n_jobs)]
+    with ProcessPoolExecutor(n_jobs) as pool:
+        parts = pool.map(_bootstrap_chunk, [prob] * n_jobs, [starts] * n_jobs, [groups] * n_jobs, chunks)
+        return np.concatenate(list(parts))
+
+
+def _bootstrap_chunk(prob: Problem, starts: list[np.ndarray], groups: np.ndarray,
+                     seeds: list[np.random.SeedSequence]) -> np.ndarray:
+    draws = np.empty((len(seeds), len(prob.law.params)))
     n_out = prob.law.n_outputs
-    for i in range(n_boot):
-        w = np.tile(group_weights(groups, rng), n_out)
-        bp = prob.with_weights(w)
-        best = min((refine(bp, s) for s in starts), key=lambda s: s.value)
-        draws[i] = best.theta
+    with single_threaded_blas():
+        for i, ss in enumerate(seeds):
+            w = np.tile(group_weights(groups, np.random.default_rng(ss)), n_out)
+            bp = prob.with_weights(w)
+            draws[i] = min((refine(bp, s) for s in starts), key=lambda s: s.value).theta
     return draws

@@ -312,6 +312,7 @@ def fit(
     seed: int = 0,
     ci_level: float = 0.95,
     n_refine: int = 16,
+    n_jobs: int = 1,
 ) -> FitResult:
     r"""Fit ``law`` to the columns of ``df``.
 
@@ -343,6 +344,12 @@ def fit(
         Drop rows with ``step < min_step`` (when a ``step`` column exists).
     seed : int
         Seed of the bootstrap.
+    ci_level : float
+        Level of the confidence intervals.
+    n_refine : int
+        How many of the best-scoring grid starts are refined with L-BFGS-B.
+    n_jobs : int
+        Processes for the bootstrap (1: in this process). Results do not depend on it.
 
     Returns
     -------
@@ -361,7 +368,7 @@ def fit(
     res = fit_arrays(
         law, {i: train[c].to_numpy(float) for i, c in xmap.items()},
         [train[c].to_numpy(float) for c in ycols], loss=loss, delta=delta, bootstrap=bootstrap,
-        groups=groups, seed=seed, ci_level=ci_level, n_refine=n_refine,
+        groups=groups, seed=seed, ci_level=ci_level, n_refine=n_refine, n_jobs=n_jobs,
     )
     res.x, res.y = dict(xmap), tuple(ycols)
     res.warnings[:0] = notes
@@ -382,6 +389,7 @@ def fit_arrays(
     seed: int = 0,
     ci_level: float = 0.95,
     n_refine: int = 16,
+    n_jobs: int = 1,
 ) -> FitResult:
     """Fit ``law`` to plain arrays.
 
@@ -410,12 +418,12 @@ def fit_arrays(
         best = sols[0]
         # warm starts: the optimum plus other local optima nearly as good (a resample may prefer one)
         warm = [s.theta for s in distinct(sols, 3) if s.value <= 1.5 * best.value + 1e-300]
-        rng = np.random.default_rng(seed)
-        draws = _bootstrap(prob, warm, g, bootstrap, rng) if bootstrap else np.zeros((0, len(law.params)))
+        draws = (_bootstrap(prob, warm, g, bootstrap, seed, n_jobs) if bootstrap
+                 else np.zeros((0, len(law.params))))
         res = _assemble(prob, best, draws, ci_level, g)
     res.warnings[:0] = notes
     res.start = _start_info(law, best, starts, sols)
-    res.options = {"n_refine": n_refine, "bootstrap": bootstrap, "seed": seed}
+    res.options = {"n_refine": n_refine, "bootstrap": bootstrap, "seed": seed, "n_jobs": n_jobs}
     return res
 
 
@@ -593,8 +601,11 @@ def _gauss_newton_cov(prob: Problem, theta: np.ndarray) -> np.ndarray:
     r = prob.residuals(pred)
     if prob.log_resid:
         J = J / pred
-    dof = max(r.size - theta.size, 1)
-    return float(r @ r) / dof * np.linalg.pinv(J @ J.T)
+    free = ~prob.gauge  # gauge parameters are held fixed: zero variance
+    dof = max(r.size - int(free.sum()), 1)
+    cov = np.zeros((theta.size, theta.size))
+    cov[np.ix_(free, free)] = float(r @ r) / dof * np.linalg.pinv(J[free] @ J[free].T)
+    return cov
 
 
 def _uncertainty(prob: Problem, theta: np.ndarray, cov_u: np.ndarray, draws: np.ndarray,
@@ -608,7 +619,8 @@ def _uncertainty(prob: Problem, theta: np.ndarray, cov_u: np.ndarray, draws: np.
         lo, hi = np.percentile(draws, q, axis=0), np.percentile(draws, 100 - q, axis=0)
     else:
         sd_u = np.sqrt(np.clip(np.diag(cov_u), 0, None))
-        corr = cov_u / np.outer(sd_u, sd_u) if np.all(sd_u > 0) else _corrcoef(None, len(names))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.where(np.outer(sd_u, sd_u) > 0, cov_u / np.outer(sd_u, sd_u), np.nan)
         scale = np.where(prob.is_log, theta, 1.0)  # delta method: d theta / d u
         se = sd_u * scale
         stderr = dict(zip(names, map(float, se)))
@@ -618,9 +630,7 @@ def _uncertainty(prob: Problem, theta: np.ndarray, cov_u: np.ndarray, draws: np.
     return np.clip(corr, -1, 1), stderr, ci
 
 
-def _corrcoef(u: np.ndarray | None, p: int = 0) -> np.ndarray:
-    if u is None:
-        return np.full((p, p), np.nan)
+def _corrcoef(u: np.ndarray) -> np.ndarray:
     sd = u.std(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.cov(u, rowvar=False) / np.outer(sd, sd) * (u.shape[0] - 1) / u.shape[0]
@@ -747,6 +757,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-step", type=int, default=0, help="drop rows with step < K")
     parser.add_argument("--group", default="run_id", help="bootstrap group column")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap")
     parser.add_argument("-o", "--output", default="fits.json", help="where to save the FitResult JSON")
 
 
@@ -756,7 +767,8 @@ def run_fit_command(args: argparse.Namespace) -> int:
         df = _read_table(Path(args.source))
         res = fit(df, args.law, x=_parse_x(args.x), y=args.y.split(",") if args.y else None,
                   loss=args.loss, delta=args.delta, bootstrap=args.bootstrap, group=args.group,
-                  holdout=args.holdout, min_step=args.min_step, seed=args.seed)
+                  holdout=args.holdout, min_step=args.min_step, seed=args.seed,
+                  n_jobs=getattr(args, "jobs", 1))
     except (FitDataError, LawError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -238,6 +238,14 @@ def test_groups_are_resampled_whole():
     assert np.all(w == np.round(w)) and w.min() >= 0
 
 
+def test_bootstrap_draws_do_not_depend_on_n_jobs():
+    x = np.logspace(0, 2, 25)
+    y = 1 + 2 * x**-0.5 * (1 + 0.01 * np.random.default_rng(2).standard_normal(25))
+    one = fit_arrays("power_law", {"x": x}, y, bootstrap=8, seed=3)
+    two = fit_arrays("power_law", {"x": x}, y, bootstrap=8, seed=3, n_jobs=2)
+    np.testing.assert_allclose(one.draws, two.draws)
+
+
 # ---------------------------------------------------------------- bad input
 
 
