@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import lsq_linear, minimize
+from scipy.optimize import least_squares, lsq_linear, minimize
 
 from ._blas import single_threaded_blas
 from .laws import Law
@@ -160,7 +160,11 @@ class Problem:
         if not np.all(np.isfinite(r)):
             return _BIG, np.zeros_like(u)
         dpred = self.psi(r) / pred if self.log_resid else self.psi(r)
-        return float(self.loss_terms(r) @ self.w) / self._norm(), self.jac_u(theta) @ dpred
+        with np.errstate(all="ignore"):
+            grad = self.jac_u(theta) @ dpred
+        if not np.all(np.isfinite(grad)):
+            return _BIG, np.zeros_like(u)
+        return float(self.loss_terms(r) @ self.w) / self._norm(), grad
 
     def _norm(self) -> float:
         return 1.0 if self.loss == "huber_log" else float(self.w.sum())
@@ -212,7 +216,10 @@ class Problem:
         r = pred - self.y
         if not np.all(np.isfinite(r)):
             return _BIG, np.zeros_like(u_nl)
-        grad = self.jac_u(theta, np.flatnonzero(~self.lin)) @ self.psi(r)
+        with np.errstate(all="ignore"):
+            grad = self.jac_u(theta, np.flatnonzero(~self.lin)) @ self.psi(r)
+        if not np.all(np.isfinite(grad)):
+            return _BIG, np.zeros_like(u_nl)
         return float(self.loss_terms(r) @ self.w) / self._norm(), grad
 
     def _embed(self, u_nl: np.ndarray, theta0: np.ndarray) -> np.ndarray:
@@ -279,8 +286,16 @@ class Solution:
     converged: bool
 
 
-def refine(prob: Problem, theta0: np.ndarray, start: int = -1, maxiter: int = 3000) -> Solution:
-    """L-BFGS-B from one start (full space or variable projection)."""
+def refine(prob: Problem, theta0: np.ndarray, start: int = -1, maxiter: int = 3000,
+           tol: float = 1e-12) -> Solution:
+    """Local optimisation from one start.
+
+    Squared losses use a bounded trust-region Gauss-Newton (``least_squares``),
+    which copes with the near-degenerate directions scaling laws have far
+    better than a quasi-Newton method; ``huber_log`` uses L-BFGS-B.
+    """
+    if prob.loss in ("mse", "mse_log") and not (prob.uses_varpro and prob.lin.all()):
+        return _refine_lsq(prob, theta0, start, maxiter, tol)
     opts = {"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20}
     if prob.uses_varpro and not prob.lin.all():
         nl = ~prob.lin
@@ -302,6 +317,45 @@ def refine(prob: Problem, theta0: np.ndarray, start: int = -1, maxiter: int = 30
         theta = prob.to_theta(res.x)
     value = float(prob.objective_values(prob.evaluate(theta))[0])
     return Solution(theta, value, start, int(res.nit), bool(res.success) and value < _BIG)
+
+
+def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, maxiter: int, tol: float) -> Solution:
+    """Trust-region least squares over the free parameters (nonlinear ones only for ``mse``)."""
+    varpro = prob.uses_varpro
+    free = ~prob.gauge & (~prob.lin if varpro else True)
+    theta0 = prob.solve_linear(theta0) if varpro else theta0
+    u_all = np.clip(prob.to_u(theta0), prob.ulo, prob.uhi)
+    lo, hi = prob.ulo[free], prob.uhi[free]
+    x0 = np.clip(u_all[free], np.nextafter(lo, np.inf), np.nextafter(hi, -np.inf))
+    sw = np.sqrt(prob.w)
+
+    def theta_pred(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u = u_all.copy()
+        u[free] = v
+        theta = prob.to_theta(u)
+        if varpro:
+            theta[prob.lin] = theta0[prob.lin]
+            return prob.solve_linear_pred(theta)
+        return theta, prob.evaluate_one(theta)
+
+    def resid(v: np.ndarray) -> np.ndarray:
+        r = prob.residuals(theta_pred(v)[1]) * sw
+        return np.where(np.isfinite(r), r, 1e10)
+
+    def jac(v: np.ndarray) -> np.ndarray:
+        theta, pred = theta_pred(v)
+        J = prob.jac_u(theta, np.flatnonzero(free))  # (q, m)
+        J = np.where(np.isfinite(J), J / pred if prob.log_resid else J, 0.0).T * sw[:, None]  # (m, q)
+        if varpro:  # Kaufman's variable-projection Jacobian: project out the linear basis
+            Q = np.linalg.qr(prob.basis(theta[None])[1][0].T * sw[:, None])[0]  # (m, k)
+            J = J - Q @ (Q.T @ J)
+        return J
+
+    res = least_squares(resid, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac",
+                        ftol=tol, xtol=tol, gtol=tol, max_nfev=maxiter)
+    theta = theta_pred(res.x)[0]
+    value = float(prob.objective_values(prob.evaluate(theta))[0])
+    return Solution(theta, value, start, int(res.nfev), res.status > 0 and value < _BIG)
 
 
 def multistart(prob: Problem, n_refine: int = 16) -> tuple[list[Solution], np.ndarray]:
@@ -362,5 +416,5 @@ def _bootstrap_chunk(prob: Problem, starts: list[np.ndarray], groups: np.ndarray
         for i, ss in enumerate(seeds):
             w = np.tile(group_weights(groups, np.random.default_rng(ss)), n_out)
             bp = prob.with_weights(w)
-            draws[i] = min((refine(bp, s) for s in starts), key=lambda s: s.value).theta
+            draws[i] = min((refine(bp, s, tol=1e-10) for s in starts), key=lambda s: s.value).theta
     return draws

@@ -202,7 +202,7 @@ class FitResult:
 
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 4.5))
-        n_out = max(1, len(self.y) or self.law.n_outputs if self._law_available() else 1)
+        n_out = len(self.y) if self.y else (self.law.n_outputs if self._law_available() else 1)
         labels = list(self.y) or [f"output {i}" for i in range(n_out)]
         for obs, fit_, label in zip(np.split(self.y_obs, n_out), np.split(self.fitted, n_out), labels):
             ax.scatter(fit_, obs, s=12, alpha=0.7, label=label)
@@ -615,7 +615,8 @@ def _uncertainty(prob: Problem, theta: np.ndarray, cov_u: np.ndarray, draws: np.
     if draws.shape[0] > 1:
         du = np.array([prob.to_u(d) for d in draws])
         corr = _corrcoef(du)
-        stderr = dict(zip(names, map(float, draws.std(axis=0, ddof=1))))
+        with np.errstate(over="ignore", invalid="ignore"):  # an unidentified parameter may wander off
+            stderr = dict(zip(names, map(float, draws.std(axis=0, ddof=1))))
         lo, hi = np.percentile(draws, q, axis=0), np.percentile(draws, 100 - q, axis=0)
     else:
         sd_u = np.sqrt(np.clip(np.diag(cov_u), 0, None))
