@@ -183,12 +183,15 @@ class Problem:
         """Weighted least-squares linear parameters for each row of ``theta`` (B, p), bounds ignored."""
         w = self.w if w is None else w
         f0, phi = self.basis(theta)
+        bad = ~(np.isfinite(phi).all(axis=(1, 2)) & np.isfinite(f0).all(axis=1))
+        phi, f0 = np.where(bad[:, None, None], 1.0, phi), np.where(bad[:, None], 0.0, f0)
         A = np.einsum("bkm,m,blm->bkl", phi, w, phi)
         rhs = np.einsum("bkm,m,bm->bk", phi, w, self.y[None] - f0)
         ridge = 1e-12 * np.trace(A, axis1=1, axis2=2)[:, None, None] * np.eye(A.shape[1])
         beta = np.linalg.solve(A + ridge + 1e-300 * np.eye(A.shape[1]), rhs[..., None])[..., 0]
+        beta[bad] = np.nan  # scored as _BIG
         out = theta.copy()
-        out[:, self.lin] = np.where(np.isfinite(beta), beta, 0.0)
+        out[:, self.lin] = beta
         return out
 
     def solve_linear(self, theta: np.ndarray) -> np.ndarray:
@@ -200,6 +203,8 @@ class Problem:
         f0, phi = self.basis(theta[None])
         sw = np.sqrt(self.w)
         A, b = (phi[0] * sw).T, (self.y - f0[0]) * sw
+        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):  # a far-off nonlinear point
+            return theta.copy(), np.full(self.y.shape, np.inf)
         beta = np.linalg.lstsq(A, b, rcond=None)[0]
         lo = np.array([self.law.bound(p)[0] for p in self.law.params])[self.lin]
         hi = np.array([self.law.bound(p)[1] for p in self.law.params])[self.lin]
@@ -252,7 +257,7 @@ def grid_starts(prob: Problem) -> np.ndarray:
         # relative weights for log objectives: minimising (pred - y)^2 / y^2 approximates them
         w = prob.w / prob.y**2 if prob.log_resid else prob.w
         solved = _chunked(prob, theta, lambda t: prob.solve_linear_batch(t, w))
-        theta[:, missing_lin] = solved[:, missing_lin]
+        theta[:, missing_lin] = np.nan_to_num(solved[:, missing_lin], nan=1.0)
     lo = np.array([law.bound(p)[0] for p in law.params])
     hi = np.array([law.bound(p)[1] for p in law.params])
     tiny = np.where(prob.is_log, 1e-12, 0.0)
@@ -347,7 +352,10 @@ def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, maxiter: int, tol
         J = prob.jac_u(theta, np.flatnonzero(free))  # (q, m)
         J = np.where(np.isfinite(J), J / pred if prob.log_resid else J, 0.0).T * sw[:, None]  # (m, q)
         if varpro:  # Kaufman's variable-projection Jacobian: project out the linear basis
-            Q = np.linalg.qr(prob.basis(theta[None])[1][0].T * sw[:, None])[0]  # (m, k)
+            phi = prob.basis(theta[None])[1][0].T * sw[:, None]  # (m, k)
+            if not np.all(np.isfinite(phi)):
+                return np.zeros_like(J)
+            Q = np.linalg.qr(phi)[0]
             J = J - Q @ (Q.T @ J)
         return J
 
