@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
+from .fit import FitDataError
+from .laws import LawError
+from .store import SchemaError
 
 __all__ = ["main"]
 
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ImportError) as exc:
+    except (ConfigError, FitDataError, LawError, SchemaError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -798,3 +798,6 @@ def _read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give a .parquet file or a runs folder")
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+holdout_mask = _holdout_mask  # public name: figures mark the rows a fit held out

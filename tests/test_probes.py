@@ -1,5 +1,6 @@
 """Probe correctness against hand-written computations on a tiny random model."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -89,3 +90,15 @@ def test_lm_loss_equals_model_loss():
     with torch.no_grad():
         expected = model(input_ids=data.heldout, labels=data.heldout).loss.item()
     assert abs(lm_loss(model, data.heldout, batch_size=3) - expected) < 1e-5
+
+
+def test_base_probe_is_cached_and_equals_a_real_probe():
+    from forgetting_laws.probes import base_probe
+
+    spec, model, data, _ = setup()
+    peft_model = make_peft_model(model, spec)
+    direct = probe(peft_model, data, batch_size=4)
+    first = base_probe(peft_model, data, batch_size=4)
+    second = base_probe(peft_model, data, batch_size=4)  # from the cache
+    for k in ("forget_loss", "ref_loss", "agreement", "ft_loss"):
+        assert first[k] == pytest.approx(direct[k], abs=1e-6) and second[k] == first[k]
