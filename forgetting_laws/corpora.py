@@ -25,28 +25,20 @@ import numpy as np
 
 from .errors import ConfigError
 from .models import cache_dir
+from .registry import Registry
 
 __all__ = ["register_corpus", "corpus_names", "load_documents", "token_blocks", "split_blocks"]
 
-_CORPORA: dict[str, Callable[[], list[str]]] = {}
+_CORPORA: Registry[Callable[[], list[str]]] = Registry("corpus")
 _LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
-
-def register_corpus(name: str) -> Callable:
-    """Register a ``loader() -> list[str]`` under ``name``; a name registers once."""
-
-    def deco(loader: Callable[[], list[str]]) -> Callable[[], list[str]]:
-        if name in _CORPORA:
-            raise ValueError(f"corpus {name!r} is already registered")
-        _CORPORA[name] = loader
-        return loader
-
-    return deco
+#: Register a ``loader() -> list[str]`` under a name: ``@register_corpus("my-corpus")``.
+register_corpus = _CORPORA.register
 
 
 def corpus_names() -> list[str]:
     """Registered corpus names (besides ``hf:...`` and local paths)."""
-    return sorted(_CORPORA)
+    return _CORPORA.names()
 
 
 @register_corpus("lee-news")

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from .errors import ConfigError
+from .registry import Registry
 
 __all__ = ["load_model", "model_aliases", "register_model", "cache_dir", "model_fingerprint"]
 
@@ -45,16 +46,14 @@ class ModelAlias:
     help: str
 
 
-_ALIASES: dict[str, ModelAlias] = {}
+_ALIASES: Registry[ModelAlias] = Registry("model alias")
 
 
 def register_model(name: str, help: str) -> Callable:
     """Register ``loader(dtype) -> (model, tokenizer)`` under an alias; a name registers once."""
 
     def deco(loader: Callable) -> Callable:
-        if name in _ALIASES:
-            raise ValueError(f"model alias {name!r} is already registered")
-        _ALIASES[name] = ModelAlias(name, loader, help)
+        _ALIASES.register(name)(ModelAlias(name, loader, help))
         return loader
 
     return deco
@@ -62,7 +61,7 @@ def register_model(name: str, help: str) -> Callable:
 
 def model_aliases() -> list[str]:
     """Names accepted by :func:`load_model` besides hub ids and paths."""
-    return sorted(_ALIASES)
+    return _ALIASES.names()
 
 
 # --------------------------------------------------------------------------- tokenizers

@@ -14,27 +14,19 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from .config import RunSpec, SweepSpec
+from .registry import Registry
 from .store import COMPLETE, RunLocked, run_lock, run_status
 
 __all__ = ["run_sweep", "register_executor", "executor_names", "plan", "estimate", "PlannedRun"]
 
-_EXECUTORS: dict[str, Callable] = {}
+_EXECUTORS: Registry[Callable] = Registry("executor")
 
-
-def register_executor(name: str) -> Callable:
-    """Register ``executor(runs, runs_dir, progress) -> list[dict]`` under ``name``."""
-
-    def deco(fn: Callable) -> Callable:
-        if name in _EXECUTORS:
-            raise ValueError(f"executor {name!r} is already registered")
-        _EXECUTORS[name] = fn
-        return fn
-
-    return deco
+#: Register ``executor(runs, runs_dir, progress) -> list[dict]``: ``@register_executor("name")``.
+register_executor = _EXECUTORS.register
 
 
 def executor_names() -> list[str]:
-    return sorted(_EXECUTORS)
+    return _EXECUTORS.names()
 
 
 @dataclass
