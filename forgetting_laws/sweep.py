@@ -90,9 +90,11 @@ def _local(runs: list[RunSpec], runs_dir: Path, progress: bool = True) -> list[d
 def preflight(runs: list[RunSpec]) -> None:
     """Check every run's model and corpora before any run starts (raises :class:`ConfigError`).
 
-    Loads each distinct model once and tokenises its corpora into the block cache, so the
-    checks that need a tokenizer (is the corpus large enough?) cost the runs nothing later.
+    Loads each distinct model once and tokenises its corpora (and each method's extra data,
+    such as a replay corpus) into the block cache, so the checks that need a tokenizer (is the
+    corpus large enough?) cost the runs nothing later.
     """
+    from .methods import make_method
     from .models import load_model, model_fingerprint
     from .train import prepare_data
 
@@ -110,6 +112,10 @@ def preflight(runs: list[RunSpec]) -> None:
             if sig not in seen:
                 seen.add(sig)
                 prepare_data(run, tok, key)
+            method_sig = (sig, run.method.name, tuple(sorted(run.method.resolved().items())))
+            if method_sig not in seen:
+                seen.add(method_sig)
+                make_method(run).prepare_data(tok, key)
         del model
 
 
