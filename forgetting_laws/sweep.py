@@ -163,11 +163,13 @@ def _time_steps(run: RunSpec, model, n: int = 2) -> float:
 def estimate(spec: SweepSpec) -> dict[str, float]:
     """Estimate each run's seconds from a short calibration of its smallest and largest rank.
 
-    Step time is interpolated linearly in the rank between the two measured ranks; a probe is
-    timed as forward passes over the reference and held-out blocks.
+    Step time is interpolated linearly in the rank between the two measured ranks and scaled by
+    the method's ``step_cost`` (SAM: 2); a probe is timed as forward passes over the reference
+    and held-out blocks.
     """
     import torch
 
+    from .methods import get_method
     from .models import load_model
     from .train import resolve_device
 
@@ -189,7 +191,7 @@ def estimate(spec: SweepSpec) -> dict[str, float]:
     out = {"_load_s": load_s}
     for run in runs:
         frac = 0.0 if hi[0] == lo[0] else (run.lora.rank - lo[0]) / (hi[0] - lo[0])
-        step_s = t_lo + frac * (t_hi - t_lo)
+        step_s = (t_lo + frac * (t_hi - t_lo)) * get_method(run.method.name).step_cost
         probes = len(run.probe.schedule(run.train.max_steps))
         blocks = run.data.reference_blocks * (2 if run.probe.forget_kl else 1) + run.data.heldout_blocks
         out[run.run_id] = run.train.max_steps * step_s + probes * blocks * fwd_s

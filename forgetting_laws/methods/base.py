@@ -87,6 +87,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     knobs: ClassVar[tuple[Knob, ...]] = ()
+    #: cost of one update relative to plain LoRA's (for ``sweep --dry-run`` estimates)
+    step_cost: ClassVar[float] = 1.0
 
     def __init__(self, spec: "RunSpec"):
         self.spec = spec

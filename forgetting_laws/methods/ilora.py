@@ -152,9 +152,13 @@ class ILoraMethod(ReplayBase):
         Which adapter the probes evaluate.
     replay, replay_ratio
         As for ``replay``: the replay corpus and the fraction of each micro-batch it fills.
+
+    The row's ``ft_train_loss`` is this method's whole training loss (both cross-entropies
+    plus the consistency term); ``ft_loss`` is measured on held-out blocks as for every method.
     """
 
     name = "ilora"
+    step_cost = 1.2  # plus a no-grad forward of the slow adapter on the replay rows
     knobs = REPLAY_KNOBS + (
         Knob("ema", 0.25, "I-LoRA lambda: slow <- lambda * slow + (1 - lambda) * fast, in [0, 1]",
              "ilora_ema", _unit),

@@ -114,6 +114,7 @@ class SamMethod(Method):
     """
 
     name = "sam"
+    step_cost = 2.0  # two forward/backward passes
     knobs = (
         Knob("rho", 0.05, "SAM ascent radius, >= 0 (0: the base optimiser's step)", "sam_rho", _non_negative),
         Knob("adaptive", False, "ASAM: scale the ascent element-wise by |w|", "sam_adaptive"),
