@@ -26,13 +26,13 @@ def _dry_run(spec, runs_dir: Path, calibrate: bool) -> int:
     planned = plan(spec, runs_dir)
     est = estimate(spec) if calibrate else {}
     print(f"sweep {spec.base.sweep.name!r}: {len(planned)} runs, {sum(p.todo for p in planned)} to do, into {runs_dir}")
-    print(f"{'run_id':<20} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
+    print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
     total = 0.0
     for p in planned:
         r = p.spec
         secs = est.get(r.run_id, float("nan")) if p.todo else 0.0
         total += secs if p.todo and est else 0.0
-        print(f"{r.run_id:<20} {r.lora.rank:>5} {r.train.lr:>9.2g} {r.train.seed:>5} {r.train.max_steps:>6} "
+        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {r.train.lr:>9.2g} {r.train.seed:>5} {r.train.max_steps:>6} "
               f"{p.status or 'todo':>10} {_fmt_s(secs) if est else '-':>8}")
     if est:
         print(f"estimated time of the runs to do: {_fmt_s(total)} (+ {_fmt_s(est['_load_s'])} model load; "
