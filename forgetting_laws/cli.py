@@ -1,4 +1,4 @@
-"""The ``forgetting-laws`` command line: sweep, fit, figures, report."""
+"""The ``forgetting-laws`` command line: sweep, fit, figures, report, compare."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ def _dry_run(spec, runs_dir: Path, calibrate: bool) -> int:
     planned = plan(spec, runs_dir)
     est = estimate(spec) if calibrate else {}
     print(f"sweep {spec.base.sweep.name!r}: {len(planned)} runs, {sum(p.todo for p in planned)} to do, into {runs_dir}")
-    print(f"{'run_id':<20} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
+    print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
     total = 0.0
     for p in planned:
         r = p.spec
         secs = est.get(r.run_id, float("nan")) if p.todo else 0.0
         total += secs if p.todo and est else 0.0
-        print(f"{r.run_id:<20} {r.lora.rank:>5} {r.train.lr:>9.2g} {r.train.seed:>5} {r.train.max_steps:>6} "
+        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {r.train.lr:>9.2g} {r.train.seed:>5} {r.train.max_steps:>6} "
               f"{p.status or 'todo':>10} {_fmt_s(secs) if est else '-':>8}")
     if est:
         print(f"estimated time of the runs to do: {_fmt_s(total)} (+ {_fmt_s(est['_load_s'])} model load; "
@@ -144,6 +144,35 @@ def _add_analysis(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare the methods of a sweep at matched fine-tuning loss; optionally write figure + tables."""
+    from .compare import compare
+    from .store import load_runs
+
+    cmp = compare(load_runs(Path(args.runs_dir)), n_levels=args.levels, bootstrap=args.bootstrap,
+                  min_step=args.min_step)
+    print(cmp.report())
+    if args.out:
+        from .plots import save
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("matched", "laws", "compute"):
+            getattr(cmp, name).to_csv(out / f"compare_{name}.csv", index=False)
+        paths = save(cmp.plot(), out / "compare_methods")
+        print(f"figure: {', '.join(map(str, paths))}; tables: {out}/compare_*.csv")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare fine-tuning methods at matched fine-tuning loss")
+    p.add_argument("runs_dir", help="RUNS_DIR of a sweep with several methods")
+    p.add_argument("--out", "-o", help="folder for the figure and the CSV tables")
+    p.add_argument("--levels", type=int, default=8, help="matched ft_loss levels (default 8)")
+    _common_fit_options(p)
+    p.set_defaults(func=cmd_compare)
+
+
 def _common_fit_options(p) -> None:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (default 200)")
     p.add_argument("--min-step", type=int, default=1, help="leave out steps below this (default 1)")
@@ -154,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sweep(sub)
     _add_analysis(sub)
+    _add_compare(sub)
     return parser
 
 

@@ -1,7 +1,7 @@
 """Typed sweep specs: dataclasses with defaults and help, TOML load, validation, grid expansion.
 
 A spec file has one table per section (``[sweep]``, ``[model]``, ``[data]``, ``[train]``,
-``[lora]``, ``[probe]``) and a ``[grid]`` table whose keys are dotted field paths
+``[lora]``, ``[probe]``, ``[method]``) and a ``[grid]`` table whose keys are dotted field paths
 (``"lora.rank" = [1, 4, 16, 64]``), expanded as a Cartesian product into :class:`RunSpec` s.
 
 Example
@@ -129,13 +129,55 @@ class ProbeSection:
         return sorted(steps)
 
 
+@dataclass
+class MethodSection:
+    """``[method]``: the fine-tuning method's name and knobs (see :mod:`forgetting_laws.methods`).
+
+    ``knobs`` holds the knobs as given, of any registered method, so one table can serve a
+    ``"method.name"`` grid; :meth:`resolved` gives the run's own knobs with defaults filled in.
+    """
+
+    name: str = _f("lora", "fine-tuning method: lora, sam, ilora, replay (see forgetting_laws.methods)")
+    knobs: dict[str, Any] = _f({}, "the method knobs given in [method], any registered method's")
+
+    @classmethod
+    def from_values(cls, values: dict) -> "MethodSection":
+        from .methods import all_knobs, get_method
+
+        values = dict(values)
+        name = values.pop("name", "lora")
+        get_method(name)
+        known = all_knobs()
+        for key in sorted(values):
+            if key not in known:
+                raise ConfigError(f"unknown field method.{key}; fields of [method]: name, {', '.join(known)}")
+        return cls(name, {k: known[k].coerce(v) for k, v in values.items()})
+
+    def resolved(self) -> dict[str, Any]:
+        """This method's own knobs: given values, else their defaults (other methods' are dropped)."""
+        from .methods import get_method
+
+        return {k.name: self.knobs.get(k.name, k.default) for k in get_method(self.name).knobs}
+
+    def own(self) -> "MethodSection":
+        """The same method with only its own knobs, defaults filled in (what a run records)."""
+        return MethodSection(self.name, self.resolved())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **copy.deepcopy(self.knobs)}
+
+
 SECTIONS: dict[str, type] = {
     "sweep": SweepSection, "model": ModelSection, "data": DataSection,
-    "train": TrainSection, "lora": LoraSection, "probe": ProbeSection,
+    "train": TrainSection, "lora": LoraSection, "probe": ProbeSection, "method": MethodSection,
 }
 
 
 def _field_names(cls: type) -> list[str]:
+    if cls is MethodSection:
+        from .methods import all_knobs
+
+        return ["name", *all_knobs()]
     return [f.name for f in dataclasses.fields(cls)]
 
 
@@ -158,6 +200,8 @@ def _check_type(section: str, f: dataclasses.Field, value: Any, hints: dict) -> 
 
 def _build_section(section: str, values: dict) -> Any:
     cls = SECTIONS[section]
+    if cls is MethodSection:
+        return MethodSection.from_values(values)
     names = _field_names(cls)
     unknown = sorted(set(values) - set(names))
     if unknown:
@@ -180,18 +224,33 @@ class RunSpec:
     train: TrainSection
     lora: LoraSection
     probe: ProbeSection
+    method: MethodSection = field(default_factory=MethodSection)
 
     def to_dict(self) -> dict:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return {name: _section_dict(getattr(self, name)) for name in SECTIONS}
 
     @property
     def run_id(self) -> str:
-        """Stable hash of what determines the results (never paths, device or executor)."""
+        """Stable hash of what determines the results (never paths, device or executor).
+
+        Only the run's own method knobs enter it; plain LoRA hashes as it did before methods
+        existed, so older RUNS_DIRs stay valid, and other methods prefix the id with their name.
+        """
         d = self.to_dict()
         d["model"].pop("device")
         d["probe"].pop("batch_size")
+        d["method"] = self.method.own().to_dict()
+        prefix = f"r{self.lora.rank}-"
+        if d["method"] == {"name": "lora"}:
+            d.pop("method")
+        else:
+            prefix = f"{self.method.name}-{prefix}"
         blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return f"r{self.lora.rank}-" + hashlib.sha1(blob).hexdigest()[:12]
+        return prefix + hashlib.sha1(blob).hexdigest()[:12]
+
+
+def _section_dict(section: Any) -> dict:
+    return section.to_dict() if isinstance(section, MethodSection) else dataclasses.asdict(section)
 
 
 @dataclass
@@ -224,16 +283,25 @@ class SweepSpec:
         self.expand()  # validates every combination before any run starts
 
     def expand(self) -> list[RunSpec]:
-        """The Cartesian product of the grid applied to the base spec, in grid order."""
+        """The Cartesian product of the grid applied to the base spec, in grid order.
+
+        Each run keeps only its own method's knobs; combinations that differ only in the knobs
+        of other methods are the same run and are listed once.
+        """
+        from .methods import get_method
+
         keys = list(self.grid)
-        runs = []
+        runs: dict[str, RunSpec] = {}
         for combo in itertools.product(*(self.grid[k] for k in keys)):
             d = self.base.to_dict()
             for key, value in zip(keys, combo):
                 section, _, name = key.partition(".")
                 d[section][name] = value
-            runs.append(RunSpec(**{s: _build_section(s, d[s]) for s in SECTIONS}))
-        return runs
+            run = RunSpec(**{s: _build_section(s, d[s]) for s in SECTIONS})
+            run.method = run.method.own()
+            get_method(run.method.name).check_run(run)
+            runs.setdefault(run.run_id, run)
+        return list(runs.values())
 
     def to_dict(self) -> dict:
         return {**self.base.to_dict(), "grid": copy.deepcopy(self.grid)}

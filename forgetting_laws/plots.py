@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
-           "bootstrap_params", "rank_colors", "save", "OKABE_ITO", "LABELS"]
+           "bootstrap_params", "rank_colors", "save", "method_comparison", "OKABE_ITO", "LABELS"]
 
 #: Okabe & Ito's colour-blind-safe palette.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -207,3 +207,28 @@ def save(fig_or_ax: Any, path: str | Path, formats: Sequence[str] = ("png", "pdf
         fig.savefig(p, bbox_inches="tight", dpi=150)
     plt.close(fig)
     return out
+
+
+def method_comparison(cmp, ax=None, x: str = "ft_loss", y: str = "forget_loss"):
+    r"""Forgetting against fine-tuning loss, one colour per method.
+
+    Dots: every probe of every run; line and band: forgetting at matched fine-tuning loss
+    (mean over runs and its bootstrap CI); dashed: the method's inverse-linear fit
+    :math:`L_f = s - c\,L_{ft}`. ``cmp`` is a :class:`forgetting_laws.compare.Comparison`.
+    """
+    ax = _axes(ax)
+    for i, (method, m) in enumerate(cmp.matched.groupby("method", sort=True)):
+        color = OKABE_ITO[i % len(OKABE_ITO)]
+        if cmp.runs is not None:
+            pts = cmp.runs[cmp.runs["method"] == method]
+            ax.scatter(pts[x], pts[y], s=10, color=color, alpha=0.35, lw=0)
+        ax.plot(m[x], m[y], "-o", ms=3, color=color, label=method, zorder=4)
+        ax.fill_between(m[x], m["lo"], m["hi"], color=color, alpha=0.2, lw=0)
+        res = cmp.fits.get(method)
+        if res is not None:
+            ax.plot(m[x], res.predict(L_ft=m[x].to_numpy(float)), "--", color=color, lw=1)
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.set_title("methods at matched fine-tuning loss")
+    ax.legend(loc="upper right")
+    return ax

@@ -82,9 +82,11 @@ def _local(runs: list[RunSpec], runs_dir: Path, progress: bool = True) -> list[d
 def preflight(runs: list[RunSpec]) -> None:
     """Check every run's model and corpora before any run starts (raises :class:`ConfigError`).
 
-    Loads each distinct model once and tokenises its corpora into the block cache, so the
-    checks that need a tokenizer (is the corpus large enough?) cost the runs nothing later.
+    Loads each distinct model once and tokenises its corpora (and each method's extra data,
+    such as a replay corpus) into the block cache, so the checks that need a tokenizer (is the
+    corpus large enough?) cost the runs nothing later.
     """
+    from .methods import make_method
     from .models import load_model, model_fingerprint
     from .train import prepare_data
 
@@ -102,6 +104,10 @@ def preflight(runs: list[RunSpec]) -> None:
             if sig not in seen:
                 seen.add(sig)
                 prepare_data(run, tok, key)
+            method_sig = (sig, run.method.name, tuple(sorted(run.method.resolved().items())))
+            if method_sig not in seen:
+                seen.add(method_sig)
+                make_method(run).prepare_data(tok, key)
         del model
 
 
@@ -149,11 +155,13 @@ def _time_steps(run: RunSpec, model, n: int = 2) -> float:
 def estimate(spec: SweepSpec) -> dict[str, float]:
     """Estimate each run's seconds from a short calibration of its smallest and largest rank.
 
-    Step time is interpolated linearly in the rank between the two measured ranks; a probe is
-    timed as forward passes over the reference and held-out blocks.
+    Step time is interpolated linearly in the rank between the two measured ranks and scaled by
+    the method's ``step_cost`` (SAM: 2); a probe is timed as forward passes over the reference
+    and held-out blocks.
     """
     import torch
 
+    from .methods import get_method
     from .models import load_model
     from .train import resolve_device
 
@@ -175,7 +183,7 @@ def estimate(spec: SweepSpec) -> dict[str, float]:
     out = {"_load_s": load_s}
     for run in runs:
         frac = 0.0 if hi[0] == lo[0] else (run.lora.rank - lo[0]) / (hi[0] - lo[0])
-        step_s = t_lo + frac * (t_hi - t_lo)
+        step_s = (t_lo + frac * (t_hi - t_lo)) * get_method(run.method.name).step_cost
         probes = len(run.probe.schedule(run.train.max_steps))
         blocks = run.data.reference_blocks * (2 if run.probe.forget_kl else 1) + run.data.heldout_blocks
         out[run.run_id] = run.train.max_steps * step_s + probes * blocks * fwd_s

@@ -1,4 +1,8 @@
-"""One run: LoRA fine-tuning on ``transformers.Trainer`` with probes on a schedule -> rows.
+"""One run: fine-tuning on ``transformers.Trainer`` with probes on a schedule -> rows.
+
+The run's method (:mod:`forgetting_laws.methods`) builds the adapter and the Trainer, says
+which model the probes evaluate and checkpoints its own extra state; nothing here depends on
+which method it is.
 
 The :class:`ProbeCallback` probes at step 0 and at every scheduled step, appends one row per
 probe, writes the rows so far and asks the Trainer to checkpoint at the same step, so an
@@ -8,13 +12,14 @@ and its final table equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -24,11 +29,13 @@ from transformers.trainer_callback import PrinterCallback
 from . import __version__
 from .config import RunSpec
 from .corpora import split_blocks, token_blocks
+from .methods import Method, make_method
+from .methods.lora import lora_model
 from .models import load_model, model_fingerprint
 from .probes import ProbeData, base_probe, base_targets, probe
 from .store import SCHEMA_VERSION, write_json, write_rows
 
-__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "make_peft_model"]
+__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "make_peft_model", "build_trainer"]
 
 COMPLETE_MARKER = ".complete"
 _OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd"}
@@ -80,14 +87,7 @@ def prepare_data(spec: RunSpec, tokenizer, tokenizer_id: str) -> tuple[np.ndarra
 
 def make_peft_model(model, spec: RunSpec):
     """Wrap ``model`` with a LoRA adapter as the spec says (B = 0: the adapter starts inert)."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = spec.lora
-    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, use_rslora=lora.rslora,
-                     target_modules=lora.target_modules, lora_dropout=lora.dropout,
-                     task_type="CAUSAL_LM")
-    torch.manual_seed(spec.train.seed)  # the A-matrix initialisation
-    return get_peft_model(model, cfg)
+    return lora_model(model, spec)
 
 
 def _adapter_is_inert(model) -> bool:
@@ -100,8 +100,12 @@ class ProbeCallback(TrainerCallback):
     """Probe on the schedule, keep rows, checkpoint at each probe, stop on a non-finite loss."""
 
     def __init__(self, model, data: ProbeData, spec: RunSpec, base_row: dict, rows: list[dict],
-                 rows_path: Path, wall_offset: float, on_step: Callable[[int], None] | None = None):
+                 rows_path: Path, wall_offset: float, on_step: Callable[[int], None] | None = None,
+                 probe_context: Callable[[Any], ContextManager] | None = None,
+                 on_checkpoint: Callable[[Path], None] | None = None):
         self.model, self.data, self.spec = model, data, spec
+        self.probe_context = probe_context or (lambda m: contextlib.nullcontext(m))
+        self.on_checkpoint = on_checkpoint
         self.schedule = set(spec.probe.schedule(spec.train.max_steps))
         self.base_row, self.rows, self.rows_path = base_row, rows, rows_path
         self.t0 = time.perf_counter() - wall_offset
@@ -110,10 +114,12 @@ class ProbeCallback(TrainerCallback):
         self.on_step = on_step
 
     def record(self, step: int) -> None:
-        if step == 0 and _adapter_is_inert(self.model):
-            metrics = base_probe(self.model, self.data, self.spec.probe.batch_size, self.spec.probe.forget_kl)
-        else:
-            metrics = probe(self.model, self.data, self.spec.probe.batch_size, self.spec.probe.forget_kl)
+        p = self.spec.probe
+        with self.probe_context(self.model) as model:  # the adapter the method wants probed
+            if step == 0 and _adapter_is_inert(model):
+                metrics = base_probe(model, self.data, p.batch_size, p.forget_kl)
+            else:
+                metrics = probe(model, self.data, p.batch_size, p.forget_kl)
         t = self.spec.train
         row = {**self.base_row, **metrics, "step": step,
                "tokens_seen": step * t.batch_size * t.grad_accum * self.spec.data.seq_len,
@@ -149,6 +155,8 @@ class ProbeCallback(TrainerCallback):
         # The Trainer writes checkpoints in place: mark one complete only once it is all on disk,
         # then drop older ones, so a kill at any moment leaves a loadable checkpoint (or none).
         current = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.on_checkpoint:
+            self.on_checkpoint(current)  # the method's own state, before the checkpoint counts
         (current / COMPLETE_MARKER).touch()
         for old in Path(args.output_dir).glob("checkpoint-*"):
             if old != current:
@@ -156,10 +164,11 @@ class ProbeCallback(TrainerCallback):
         return control
 
 
-def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.dtype) -> TrainingArguments:
+def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.dtype,
+                   batch_size: int) -> TrainingArguments:
     t = spec.train
     return TrainingArguments(
-        output_dir=str(out), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
+        output_dir=str(out), max_steps=t.max_steps, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_steps, optim=_OPTIMIZERS[t.optimizer], weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed,
@@ -189,11 +198,23 @@ def _resume_rows(rows_path: Path, ckpt_step: int) -> list[dict]:
     return frame[frame["step"] <= ckpt_step].to_dict("records")
 
 
-def _base_row(spec: RunSpec, run_id: str, trainable: int) -> dict:
-    return {"run_id": run_id, "sweep": spec.sweep.name, "method": "lora", "model": spec.model.name,
+def _base_row(spec: RunSpec, run_id: str, trainable: int, method: Method) -> dict:
+    return {"run_id": run_id, "sweep": spec.sweep.name, "method": method.name, "model": spec.model.name,
             "dataset": spec.data.dataset, "reference": spec.data.reference, "seed": spec.train.seed,
             "rank": spec.lora.rank, "trainable_params": trainable, "lr": spec.train.lr,
-            "lora_alpha": spec.lora.alpha, "schema_version": SCHEMA_VERSION}
+            "lora_alpha": spec.lora.alpha, "schema_version": SCHEMA_VERSION, **method.extra_columns()}
+
+
+def build_trainer(spec: RunSpec, method: Method, model, train: np.ndarray, out: Path,
+                  callbacks: list = (), device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> Trainer:
+    """The method's Trainer for ``model`` on the training blocks (N, T), checkpointing into ``out``."""
+    device = device or torch.device("cpu")
+    args = _training_args(spec, out, device, dtype, method.train_batch_size())
+    trainer = method.build_trainer(model=model, args=args, train_dataset=BlockDataset(train),
+                                   callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # rows and progress bars report instead
+    return trainer
 
 
 def _meta(spec: RunSpec, status: str, **extra) -> dict:
@@ -225,23 +246,26 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     write_json(runs_dir / f"{run_id}.json", _meta(spec, "running"))
     device, dtype = resolve_device(spec)
 
+    method = make_method(spec)
     model, tok = load_model(spec.model.name, dtype)
     key = model_fingerprint(model)
     train, heldout, reference = prepare_data(spec, tok, key)
+    method.prepare_data(tok, key)
     model.to(device)
     ref_t = torch.from_numpy(reference)
     data = ProbeData(ref_t, base_targets(model, ref_t, key, spec.probe.batch_size), torch.from_numpy(heldout))
-    model = make_peft_model(model, spec)
+    model = method.build_model(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     ckpt, ckpt_step = _last_checkpoint(ckpt_dir)
+    if ckpt:
+        method.load_state(ckpt)
     rows = _resume_rows(ckpt_dir / "rows.parquet", ckpt_step)
     wall_offset = rows[-1]["wall_s"] if rows else 0.0
-    callback = ProbeCallback(model, data, spec, _base_row(spec, run_id, trainable), rows,
-                             ckpt_dir / "rows.parquet", wall_offset, on_step)
-    trainer = Trainer(model=model, args=_training_args(spec, ckpt_dir, device, dtype),
-                      train_dataset=BlockDataset(train), callbacks=[callback])
-    trainer.remove_callback(PrinterCallback)  # rows and progress bars report instead
+    callback = ProbeCallback(model, data, spec, _base_row(spec, run_id, trainable, method), rows,
+                             ckpt_dir / "rows.parquet", wall_offset, on_step,
+                             probe_context=method.probe_model, on_checkpoint=method.save_state)
+    trainer = build_trainer(spec, method, model, train, ckpt_dir, [callback], device, dtype)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
 
     status = "diverged" if callback.diverged else "complete"

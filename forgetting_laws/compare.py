@@ -1,0 +1,183 @@
+r"""Compare fine-tuning methods on one sweep: forgetting at matched fine-tuning loss.
+
+A method that forgets less *because it learns less* is no mitigation, so methods are compared
+at equal fine-tuning loss: each run's trajectory is interpolated at common :math:`L_{ft}`
+levels (where the run first reaches the level), and the forgetting there is averaged over the
+method's runs with a bootstrap CI over runs. Also, per method, the inverse-linear law
+:math:`L_f = s - c\,L_{ft}` with bootstrap CIs, and the compute each method spent.
+Nothing here imports torch.
+
+Example
+-------
+>>> cmp = compare(load_runs("runs/mitigation"))             # doctest: +SKIP
+>>> print(cmp.report())                                     # doctest: +SKIP
+>>> cmp.plot().figure.savefig("methods.png")                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .fit import FitDataError, FitResult, fit
+
+__all__ = ["compare", "Comparison", "forget_at", "matched_levels"]
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` returns.
+
+    Attributes
+    ----------
+    matched : DataFrame
+        One row per (method, ft_loss level): ``forget_loss`` (mean over runs), ``lo``, ``hi``
+        (bootstrap CI), ``n_runs`` (runs that reached the level).
+    laws : DataFrame
+        One row per method: ``s``, ``c`` and their CI bounds, ``r2``, ``n_runs`` (NaN when the
+        fit was not possible; see ``notes``).
+    compute : DataFrame
+        One row per method: runs, final steps, tokens and wall seconds (summed over runs) and
+        wall seconds per step.
+    fits : dict
+        Method -> :class:`~forgetting_laws.fit.FitResult`.
+    """
+
+    matched: pd.DataFrame
+    laws: pd.DataFrame
+    compute: pd.DataFrame
+    fits: dict[str, FitResult] = field(default_factory=dict)
+    ci_level: float = 0.95
+    notes: list[str] = field(default_factory=list)
+    runs: pd.DataFrame | None = None
+
+    def report(self) -> str:
+        """A plain-text summary of the three tables."""
+        pct = f"{self.ci_level:.0%}"
+        parts = [f"forgetting at matched fine-tuning loss (mean over runs, {pct} bootstrap CI):",
+                 self.matched.to_string(index=False, float_format="%.4f"),
+                 f"\ninverse-linear law L_f = s - c L_ft per method ({pct} CI):",
+                 self.laws.to_string(index=False, float_format="%.4f"),
+                 "\ncompute per method:", self.compute.to_string(index=False, float_format="%.4g")]
+        return "\n".join(parts + [f"note: {n}" for n in self.notes])
+
+    def __str__(self) -> str:
+        return self.report()
+
+    def plot(self, ax: Any = None) -> Any:
+        """L_f against L_ft, one colour per method (see :func:`forgetting_laws.plots.method_comparison`)."""
+        from .plots import method_comparison
+
+        return method_comparison(self, ax=ax)
+
+
+def forget_at(run: pd.DataFrame, levels: Sequence[float], x: str = "ft_loss", y: str = "forget_loss") -> np.ndarray:
+    """``y`` where the run's ``x`` first falls to each level, linearly interpolated between probes.
+
+    ``run`` is one run's rows; levels it never reaches (or starts below) give NaN.
+    """
+    r = run.sort_values("step")
+    xs, ys = r[x].to_numpy(float), r[y].to_numpy(float)
+    out = np.full(len(levels), np.nan)
+    for k, level in enumerate(levels):
+        below = np.flatnonzero(xs <= level)
+        if below.size == 0 or below[0] == 0:
+            continue
+        i = below[0]  # first probe at or below the level; the previous one is above it
+        t = (xs[i - 1] - level) / (xs[i - 1] - xs[i])
+        out[k] = ys[i - 1] + t * (ys[i] - ys[i - 1])
+    return out
+
+
+def matched_levels(df: pd.DataFrame, n: int = 8) -> np.ndarray:
+    """``n`` ft_loss levels every run crosses: from the highest final-best loss up to the start."""
+    per_run = df.groupby("run_id")["ft_loss"]
+    lo, hi = per_run.min().max(), df.sort_values("step").groupby("run_id")["ft_loss"].first().min()
+    if not lo < hi:
+        raise FitDataError(f"no ft_loss level is reached by every run (best losses up to {lo:.4g}, "
+                           f"starting losses down to {hi:.4g}); pass levels= explicitly")
+    return np.linspace(lo, hi, n + 1)[:-1]
+
+
+def _bootstrap_mean(values: np.ndarray, n: int, rng: np.random.Generator, level: float) -> tuple[float, float]:
+    if values.size < 2 or n == 0:
+        return (np.nan, np.nan)
+    means = rng.choice(values, size=(n, values.size), replace=True).mean(axis=1)
+    a = (1 - level) / 2
+    return tuple(np.quantile(means, [a, 1 - a]))
+
+
+def _matched(df: pd.DataFrame, levels: np.ndarray, bootstrap: int, seed: int, level: float) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, g in df.groupby("method", sort=True):
+        at = np.array([forget_at(run, levels) for _, run in g.groupby("run_id")])  # (runs, levels)
+        for k, lev in enumerate(levels):
+            v = at[:, k][~np.isnan(at[:, k])]
+            lo, hi = _bootstrap_mean(v, bootstrap, rng, level)
+            rows.append({"method": method, "ft_loss": lev, "forget_loss": v.mean() if v.size else np.nan,
+                         "lo": lo, "hi": hi, "n_runs": v.size})
+    return pd.DataFrame(rows)
+
+
+def _laws(df: pd.DataFrame, bootstrap: int, min_step: int, seed: int, level: float,
+          notes: list[str]) -> tuple[pd.DataFrame, dict[str, FitResult]]:
+    rows, fits = [], {}
+    for method, g in df.groupby("method", sort=True):
+        row = {"method": method, "n_runs": g.run_id.nunique()}
+        try:
+            res = fit(g, "inverse_linear", x={"L_ft": "ft_loss"}, y="forget_loss", bootstrap=bootstrap,
+                      min_step=min_step, seed=seed, ci_level=level)
+        except FitDataError as exc:
+            notes.append(f"{method}: no inverse-linear fit ({exc})")
+            rows.append({**row, "s": np.nan, "c": np.nan, "r2": np.nan})
+            continue
+        fits[method] = res
+        for p in ("s", "c"):
+            row.update({p: res.params[p], f"{p}_lo": res.ci[p][0], f"{p}_hi": res.ci[p][1]})
+        rows.append({**row, "r2": res.metrics.get("r2", np.nan)})
+    return pd.DataFrame(rows), fits
+
+
+def _compute(df: pd.DataFrame) -> pd.DataFrame:
+    last = df.sort_values("step").groupby("run_id").tail(1)
+    out = last.groupby("method", sort=True).agg(runs=("run_id", "nunique"), steps=("step", "sum"),
+                                                tokens=("tokens_seen", "sum"), wall_s=("wall_s", "sum"))
+    out["wall_s_per_step"] = out.wall_s / out.steps.clip(lower=1)
+    return out.reset_index()
+
+
+def compare(df: pd.DataFrame, levels: Sequence[float] | None = None, n_levels: int = 8,
+            bootstrap: int = 200, fit_bootstrap: int | None = None, min_step: int = 1,
+            seed: int = 0, ci_level: float = 0.95) -> Comparison:
+    """Compare the methods of a runs table (one ``method`` value per method).
+
+    Parameters
+    ----------
+    df : DataFrame
+        Runs as :func:`forgetting_laws.load_runs` returns them.
+    levels : sequence of float, optional
+        ft_loss levels to match at; default :func:`matched_levels` with ``n_levels``.
+    bootstrap : int
+        Resamples of the runs for the matched-forgetting CIs.
+    fit_bootstrap : int, optional
+        Bootstrap refits of each method's inverse-linear law (default: ``bootstrap``).
+    min_step : int
+        Probes before this step are left out of the law fits (the trajectories keep them).
+    seed, ci_level
+        Seed and level of both bootstraps.
+
+    Returns
+    -------
+    Comparison
+    """
+    if "method" not in df or df.empty:
+        raise FitDataError("compare needs a runs table with a 'method' column and at least one row")
+    levels = matched_levels(df, n_levels) if levels is None else np.asarray(levels, float)
+    notes: list[str] = []
+    laws, fits = _laws(df, bootstrap if fit_bootstrap is None else fit_bootstrap, min_step, seed, ci_level, notes)
+    return Comparison(_matched(df, levels, bootstrap, seed, ci_level), laws, _compute(df), fits,
+                      ci_level, notes, runs=df)
