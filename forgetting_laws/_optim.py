@@ -344,7 +344,8 @@ def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, maxiter: int, tol
         return theta, prob.evaluate_one(theta)
 
     def resid(v: np.ndarray) -> np.ndarray:
-        r = prob.residuals(theta_pred(v)[1]) * sw
+        with np.errstate(invalid="ignore"):  # inf * 0 where a resample leaves a point out
+            r = prob.residuals(theta_pred(v)[1]) * sw
         return np.where(np.isfinite(r), r, 1e10)
 
     def jac(v: np.ndarray) -> np.ndarray:
