@@ -6,18 +6,23 @@ output-major), ``p`` parameters, ``B`` parameter sets evaluated at once.
 Which trick serves which objective:
 
 * ``mse``: variable projection. The parameters that enter linearly are solved
-  by (weighted, bound-respecting) least squares inside the objective, so
-  L-BFGS-B only searches the nonlinear ones; the gradient follows from the
-  envelope theorem (Golub & Pereyra).
-* ``huber_log`` and ``mse_log``: the log residual is not linear in any
-  parameter, so all parameters are optimised, positive ones in log space
-  (for ``chinchilla`` this is the log-sum-exp parametrisation
-  ``a = log A, b = log B, e = log E``), with the law's analytic gradient (or
-  batched central differences where a law has none). Linear parameters missing
-  from the start grid are initialised by weighted least squares.
+  by (weighted, bound-respecting) least squares inside the residual function,
+  so the search runs only over the nonlinear ones, with a bounded trust-region
+  Gauss-Newton (``scipy.optimize.least_squares``) and Kaufman's analytic
+  variable-projection Jacobian.
+* ``mse_log``: the log residual is not linear in any parameter; the same
+  trust-region method runs over all parameters (positive ones in log space)
+  with the law's analytic Jacobian.
+* ``huber_log``: not a sum of squares; L-BFGS-B over all parameters, positive
+  ones in log space (for ``chinchilla`` this is the log-sum-exp
+  parametrisation ``a = log A, b = log B, e = log E``), with the law's
+  analytic gradient. Linear parameters missing from the start grid are
+  initialised by weighted least squares.
 
-In every case the whole start grid is scored in one vectorised pass and only
-the best starts are refined with L-BFGS-B.
+Laws without an analytic gradient get batched central differences. Gauge
+parameters (a symmetry makes them redundant) are held at their start value.
+In every case the whole start grid is scored in one vectorised pass (linear
+parameters solved per start for ``mse``) and only the best starts are refined.
 """
 
 from __future__ import annotations
@@ -63,12 +68,9 @@ class Problem:
         self.lin = np.array([p in law.linear for p in law.params], dtype=bool)
         self.gauge = np.array([p in law.gauge for p in law.params], dtype=bool)
 
-    def ubounds(self, u0: np.ndarray, mask: np.ndarray | None = None) -> list[tuple[float, float]]:
+    def ubounds(self, u0: np.ndarray) -> list[tuple[float, float]]:
         """L-BFGS-B bounds on u; gauge parameters are pinned at ``u0``."""
-        lo = np.where(self.gauge, u0, self.ulo)
-        hi = np.where(self.gauge, u0, self.uhi)
-        mask = np.ones_like(self.gauge) if mask is None else mask
-        return list(zip(lo[mask], hi[mask]))
+        return list(zip(np.where(self.gauge, u0, self.ulo), np.where(self.gauge, u0, self.uhi)))
 
     @property
     def uses_varpro(self) -> bool:
@@ -214,24 +216,6 @@ class Problem:
         out[self.lin] = beta
         return out, f0[0] + beta @ phi[0]
 
-    def varpro_objective(self, u_nl: np.ndarray, theta0: np.ndarray) -> tuple[float, np.ndarray]:
-        theta = theta0.copy()
-        theta[~self.lin] = self.to_theta(self._embed(u_nl, theta0))[~self.lin]
-        theta, pred = self.solve_linear_pred(theta)
-        r = pred - self.y
-        if not np.all(np.isfinite(r)):
-            return _BIG, np.zeros_like(u_nl)
-        with np.errstate(all="ignore"):
-            grad = self.jac_u(theta, np.flatnonzero(~self.lin)) @ self.psi(r)
-        if not np.all(np.isfinite(grad)):
-            return _BIG, np.zeros_like(u_nl)
-        return float(self.loss_terms(r) @ self.w) / self._norm(), grad
-
-    def _embed(self, u_nl: np.ndarray, theta0: np.ndarray) -> np.ndarray:
-        u = self.to_u(theta0)
-        u[~self.lin] = u_nl
-        return u
-
 
 # ---------------------------------------------------------------- starts
 
@@ -299,27 +283,15 @@ def refine(prob: Problem, theta0: np.ndarray, start: int = -1, maxiter: int = 30
     which copes with the near-degenerate directions scaling laws have far
     better than a quasi-Newton method; ``huber_log`` uses L-BFGS-B.
     """
-    if prob.loss in ("mse", "mse_log") and not (prob.uses_varpro and prob.lin.all()):
-        return _refine_lsq(prob, theta0, start, maxiter, tol)
-    opts = {"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20}
-    if prob.uses_varpro and not prob.lin.all():
-        nl = ~prob.lin
-        theta0 = prob.solve_linear(theta0)
-        u0 = np.clip(prob.to_u(theta0), prob.ulo, prob.uhi)
-        res = minimize(prob.varpro_objective, u0[nl], args=(theta0,), jac=True, method="L-BFGS-B",
-                       bounds=prob.ubounds(u0, nl), options=opts)
-        theta = theta0.copy()
-        theta[nl] = prob.to_theta(prob._embed(res.x, theta0))[nl]
-        theta = prob.solve_linear(theta)
-    elif prob.uses_varpro:  # every parameter linear: closed form
+    if prob.uses_varpro and prob.lin.all():  # every parameter linear: closed form
         theta = prob.solve_linear(theta0)
-        value = float(prob.objective_values(prob.evaluate(theta))[0])
-        return Solution(theta, value, start, 0, True)
-    else:
-        u0 = np.clip(prob.to_u(theta0), prob.ulo, prob.uhi)
-        res = minimize(prob.full_objective, u0, jac=True, method="L-BFGS-B",
-                       bounds=prob.ubounds(u0), options=opts)
-        theta = prob.to_theta(res.x)
+        return Solution(theta, float(prob.objective_values(prob.evaluate(theta))[0]), start, 0, True)
+    if prob.loss in ("mse", "mse_log"):
+        return _refine_lsq(prob, theta0, start, maxiter, tol)
+    u0 = np.clip(prob.to_u(theta0), prob.ulo, prob.uhi)
+    res = minimize(prob.full_objective, u0, jac=True, method="L-BFGS-B", bounds=prob.ubounds(u0),
+                   options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20})
+    theta = prob.to_theta(res.x)
     value = float(prob.objective_values(prob.evaluate(theta))[0])
     return Solution(theta, value, start, int(res.nit), bool(res.success) and value < _BIG)
 
@@ -344,7 +316,8 @@ def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, maxiter: int, tol
         return theta, prob.evaluate_one(theta)
 
     def resid(v: np.ndarray) -> np.ndarray:
-        r = prob.residuals(theta_pred(v)[1]) * sw
+        with np.errstate(invalid="ignore"):  # inf * 0 where a resample leaves a point out
+            r = prob.residuals(theta_pred(v)[1]) * sw
         return np.where(np.isfinite(r), r, 1e10)
 
     def jac(v: np.ndarray) -> np.ndarray:

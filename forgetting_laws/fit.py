@@ -62,7 +62,8 @@ class FitResult:
         deviation when bootstrapped, else the Gauss-Newton approximation).
     ci : dict
         Parameter name -> (low, high) at ``ci_level`` (bootstrap percentiles when
-        bootstrapped, else a normal approximation).
+        bootstrapped, else a normal approximation on the optimiser's scale, i.e.
+        in log space for positive scale parameters).
     metrics : dict
         In-sample metrics (``r2``, ``rmse``, ``mae``, ``are``, ``aic``, ``bic``,
         ``loglik``, ``objective``, ``n``, ``rank_corr``) and, with a holdout,
@@ -626,7 +627,8 @@ def _uncertainty(prob: Problem, theta: np.ndarray, cov_u: np.ndarray, draws: np.
         se = sd_u * scale
         stderr = dict(zip(names, map(float, se)))
         z = stats.norm.ppf(1 - q / 100)
-        lo, hi = theta - z * se, theta + z * se
+        u = prob.to_u(theta)  # symmetric on the optimiser's scale: positive params stay positive
+        lo, hi = prob.to_theta(u - z * sd_u), prob.to_theta(u + z * sd_u)
     ci = {p: (float(a), float(b)) for p, a, b in zip(names, lo, hi)}
     return np.clip(corr, -1, 1), stderr, ci
 
