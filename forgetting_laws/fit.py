@@ -363,7 +363,7 @@ def fit(
     law = _resolve_law(law)
     xmap, ycols = _resolve_columns(df, law, x, y)
     data, notes = _clean_rows(df, law, xmap, ycols, min_step)
-    held = _holdout_mask(data, holdout) if holdout else np.zeros(len(data), dtype=bool)
+    held = holdout_mask(data, holdout) if holdout else np.zeros(len(data), dtype=bool)
     train = data[~held]
     groups = _groups(train, group)
     res = fit_arrays(
@@ -494,7 +494,7 @@ def _groups(df: pd.DataFrame, group: str | None) -> np.ndarray:
     return np.arange(len(df))
 
 
-def _holdout_mask(df: pd.DataFrame, spec: str) -> np.ndarray:
+def holdout_mask(df: pd.DataFrame, spec: str) -> np.ndarray:
     """Rows to hold out under ``spec`` (``COL:largest[:K]`` or ``COL:last:FRAC``)."""
     parts = str(spec).split(":")
     fix = "use 'COL:largest', 'COL:largest:K' or 'COL:last:FRAC' (e.g. 'rank:largest', 'step:last:0.3')"
@@ -793,13 +793,11 @@ def _parse_x(items: Sequence[str]) -> dict[str, str]:
 
 def _read_table(path: Path) -> pd.DataFrame:
     if path.is_dir():
-        files = sorted(path.glob("*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"no *.parquet files in {path}; point at a runs folder or a file")
-        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        from .store import load_runs  # a runs folder: the schema version is checked
+
+        return load_runs(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give a .parquet file or a runs folder")
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
 
 
-holdout_mask = _holdout_mask  # public name: figures mark the rows a fit held out
