@@ -33,6 +33,7 @@ from scipy.optimize import minimize_scalar
 from . import laws as _laws
 from ._blas import single_threaded_blas
 from ._optim import LOSSES, Problem, bootstrap as _bootstrap, distinct, multistart
+from .store import SchemaError, load_runs
 from .laws import Law, LawError
 
 __all__ = ["FitResult", "FitDataError", "fit", "fit_arrays", "add_fit_arguments", "run_fit_command"]
@@ -772,7 +773,7 @@ def run_fit_command(args: argparse.Namespace) -> int:
                   loss=args.loss, delta=args.delta, bootstrap=args.bootstrap, group=args.group,
                   holdout=args.holdout, min_step=args.min_step, seed=args.seed,
                   n_jobs=getattr(args, "jobs", 1))
-    except (FitDataError, LawError, FileNotFoundError) as err:
+    except (FitDataError, LawError, FileNotFoundError, SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(res.report())
@@ -793,9 +794,7 @@ def _parse_x(items: Sequence[str]) -> dict[str, str]:
 
 def _read_table(path: Path) -> pd.DataFrame:
     if path.is_dir():
-        from .store import load_runs  # a runs folder: the schema version is checked
-
-        return load_runs(path)
+        return load_runs(path)  # a runs folder: the schema version is checked
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; give a .parquet file or a runs folder")
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)

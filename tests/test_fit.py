@@ -438,7 +438,7 @@ def test_cli_fits_a_runs_folder(tmp_path, capsys):
     runs.mkdir()
     df = sweep(every=10)
     for run_id, part in df.groupby("run_id"):
-        part.to_parquet(runs / f"{run_id}.parquet")
+        part.assign(schema_version=1).to_parquet(runs / f"{run_id}.parquet")  # as the sweep writes them
     out = tmp_path / "fits.json"
     args = _cli([str(runs), "--law", "kalajdzievski_ft", "--x", "P=trainable_params", "--x", "N=step",
                  "--y", "ft_loss", "--bootstrap", "0", "--loss", "mse", "--min-step", "50", "-o", str(out)])
