@@ -74,29 +74,43 @@ def forgetting_vs_ft(df: pd.DataFrame, fit=None, ax=None, x: str = "ft_loss", y:
     return ax
 
 
-def trajectories(df: pd.DataFrame, fit=None, metric: str = "ft_loss", ax=None, log_steps: bool = True):
-    """Loss over steps, one line per rank; dashed: the fitted P,N law (the paper's Figure 3)."""
+def trajectories(df: pd.DataFrame, fit=None, metric: str = "ft_loss", ax=None, log_steps: bool = True,
+                 fit_from: int = 1):
+    """Loss over steps, one line per rank; dashed: the fitted P,N law (the paper's Figure 3).
+
+    Points at steps below ``fit_from`` (left out of the fit) are drawn hollow, and the fitted
+    curve starts there.
+    """
     ax = _axes(ax)
     colors = rank_colors(df["rank"])
     for rank, g in df.sort_values("step").groupby("rank"):
         g = g[g.step > 0] if log_steps else g
-        ax.plot(g.step, g[metric], "o", ms=3.5, color=colors[int(rank)], label=f"r = {rank}")
+        color = colors[int(rank)]
+        early = g.step < fit_from
+        ax.plot(g.step[~early], g[metric][~early], "o", ms=3.5, color=color, label=f"r = {rank}")
+        if early.any():
+            ax.plot(g.step[early], g[metric][early], "o", ms=3.5, mfc="none", color=color)
         if fit is not None:
-            cols = _curve_inputs(fit, df)
-            steps = np.geomspace(max(1, g.step.min()), g.step.max(), 100)
-            inputs = {k: (steps if c == "step" else np.full_like(steps, g[c].iloc[0], dtype=float))
-                      for k, c in cols.items()}
-            pred = np.asarray(fit.predict(**inputs))
-            pred = pred[_output_index(fit, metric)] if pred.ndim == 2 else pred
-            ax.plot(steps, pred, "--", lw=1.2, color=colors[int(rank)])
+            ax.plot(*_fitted_curve(fit, g, metric, max(1, fit_from)), "--", lw=1.2, color=color)
     if log_steps:
         ax.set_xscale("log")
     ax.set_xlabel(LABELS["step"])
     ax.set_ylabel(LABELS.get(metric, metric))
     title = f"{metric}: measured (points)" + (f", {fit.law_name} fit (dashed)" if fit is not None else "")
+    if fit is not None and fit_from > 1:
+        title += f"; hollow: steps < {fit_from}, not fitted"
     ax.set_title(title, fontsize=9)
     ax.legend(ncols=2)
     return ax
+
+
+def _fitted_curve(fit, run: pd.DataFrame, metric: str, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted law along one run's steps (its other inputs held at the run's values)."""
+    steps = np.geomspace(start, run.step.max(), 100)
+    inputs = {k: (steps if c == "step" else np.full_like(steps, run[c].iloc[0], dtype=float))
+              for k, c in _curve_inputs(fit, run).items()}
+    pred = np.asarray(fit.predict(**inputs))
+    return steps, (pred[_output_index(fit, metric)] if pred.ndim == 2 else pred)
 
 
 def _output_index(fit, metric: str) -> int:

@@ -71,14 +71,16 @@ def fit_sweep(df: pd.DataFrame, bootstrap: int = 200, min_step: int = 1, seed: i
 def verdict(res: FitResult) -> str:
     """A plain-language judgement of a fit's quality, for reports."""
     r2 = res.metrics.get("r2", float("nan"))
-    words = ("fits well" if r2 >= 0.95 else "fits acceptably" if r2 >= 0.8 else
+    words = ("fits well" if r2 >= 0.97 else "fits acceptably" if r2 >= 0.9 else
              "fits poorly" if r2 >= 0.5 else "does not describe these data")
     text = f"R² = {r2:.3f}: the law {words}."
     held = res.metrics.get("holdout")
     if held:
         text += f" On held-out points ({held.get('spec')}) its mean absolute relative error is {held['are']:.2%}."
-    if res.warnings:
-        text += f" {len(res.warnings)} warning(s): parameters are not all identifiable from these data."
+    unidentified = [w for w in res.warnings if "not separately identifiable" in w or "not identified" in w]
+    if unidentified:
+        text += (f" {len(unidentified)} parameter warning(s): these data do not pin down the individual "
+                 "parameters, so read the law's predictions, not its parameter values.")
     return text
 
 
@@ -94,12 +96,12 @@ def figure_fig2(df, fits, min_step):
 
 def figure_traj_ft(df, fits, min_step):
     from .plots import trajectories
-    return trajectories(df[df.step >= min_step], fits.get("kalajdzievski_ft"), "ft_loss")
+    return trajectories(df, fits.get("kalajdzievski_ft"), "ft_loss", fit_from=min_step)
 
 
 def figure_traj_forget(df, fits, min_step):
     from .plots import trajectories
-    return trajectories(df[df.step >= min_step], fits.get("kalajdzievski_forget"), "forget_loss")
+    return trajectories(df, fits.get("kalajdzievski_forget"), "forget_loss", fit_from=min_step)
 
 
 def figure_map(df, fits, min_step):
