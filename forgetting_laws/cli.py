@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -66,18 +67,18 @@ def _add_sweep(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def _analyse(runs_dir: Path, bootstrap: int, min_step: int, seed: int = 0):
+def _analyse(args: argparse.Namespace, runs_dir: Path):
     from .store import load_runs
     from .study import fit_sweep
 
     df = load_runs(runs_dir)
-    return df, fit_sweep(df, bootstrap=bootstrap, min_step=min_step, seed=seed)
+    return df, fit_sweep(df, bootstrap=args.bootstrap, min_step=args.min_step, n_jobs=args.jobs)
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from .study import write_figures
 
-    df, fits = _analyse(Path(args.runs_dir), args.bootstrap, args.min_step)
+    df, fits = _analyse(args, Path(args.runs_dir))
     written = write_figures(df, fits, args.out, min_step=args.min_step)
     for name, paths in written.items():
         print(f"{name}: {', '.join(map(str, paths))}")
@@ -88,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
     from .study import write_figures
 
-    df, fits = _analyse(Path(args.runs_dir), args.bootstrap, args.min_step)
+    df, fits = _analyse(args, Path(args.runs_dir))
     fig_dir = Path(args.figures) if args.figures else Path(args.out).parent / "figures"
     figures = write_figures(df, fits, fig_dir, min_step=args.min_step)
     print(f"report: {write_report(df, fits, figures, args.out, runs_dir=args.runs_dir)}")
@@ -104,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     run_sweep(load_spec(args.spec), out / "runs", progress=not args.quiet)
-    df, fits = _analyse(out / "runs", args.bootstrap, args.min_step)
+    df, fits = _analyse(args, out / "runs")
     figures = write_figures(df, fits, out / "figures", min_step=args.min_step)
     for name, res in fits.items():
         print(f"\n== {name}\n{_summary(res)}\n   {verdict(res)}")
@@ -179,6 +180,8 @@ def _common_fit_options(p, min_step: int = 1) -> None:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (default 200)")
     p.add_argument("--min-step", type=int, default=min_step,
                    help=f"leave out steps below this (default {min_step}; step 0 always: N^-beta is infinite there)")
+    p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 4),
+                   help="processes for the bootstrap refits (default: CPU cores, at most 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:

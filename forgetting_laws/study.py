@@ -54,7 +54,7 @@ STANDARD_FITS: dict[str, StandardFit] = {
 
 
 def fit_sweep(df: pd.DataFrame, bootstrap: int = 200, min_step: int = 1, seed: int = 0,
-              names: list[str] | None = None) -> dict[str, FitResult]:
+              names: list[str] | None = None, n_jobs: int = 1) -> dict[str, FitResult]:
     """Fit the standard laws to a sweep's rows (steps below ``min_step`` left out).
 
     Step 0 is left out by default: at N = 0 the power laws in N are infinite. A law that cannot
@@ -64,7 +64,7 @@ def fit_sweep(df: pd.DataFrame, bootstrap: int = 200, min_step: int = 1, seed: i
     for name in names or list(STANDARD_FITS):
         s = STANDARD_FITS[name]
         fits[name] = fit(df, s.law, x=s.x, y=s.y, bootstrap=bootstrap, holdout=s.holdout,
-                         min_step=min_step, seed=seed)
+                         min_step=min_step, seed=seed, n_jobs=n_jobs)
     return fits
 
 
