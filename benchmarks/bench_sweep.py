@@ -62,10 +62,10 @@ def hand_loop(model, blocks: torch.Tensor, steps: int, lr: float) -> float:
 
 def trainer_loop(model, train: "np.ndarray", spec, steps: int) -> float:
     """Seconds for ``steps`` steps of the toolkit's Trainer (warm-up step excluded)."""
-    from transformers import Trainer, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import TrainerCallback
 
-    from forgetting_laws.train import BlockDataset, _training_args, resolve_device
+    from forgetting_laws.methods import make_method
+    from forgetting_laws.train import build_trainer, resolve_device
 
     marks = {}
 
@@ -75,9 +75,7 @@ def trainer_loop(model, train: "np.ndarray", spec, steps: int) -> float:
 
     spec.train.max_steps = steps + 1
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model=model, args=_training_args(spec, out, *resolve_device(spec)),
-                          train_dataset=BlockDataset(train), callbacks=[Clock()])
-        trainer.remove_callback(PrinterCallback)
+        trainer = build_trainer(spec, make_method(spec), model, train, out, [Clock()], *resolve_device(spec))
         trainer.train()
     return marks[steps + 1] - marks[1]
 
