@@ -83,15 +83,16 @@ def trainer_loop(model, train: "np.ndarray", spec, steps: int) -> float:
 def bench_training(model_name: str, steps: int) -> None:
     from forgetting_laws.config import SweepSpec
     from forgetting_laws.models import load_model, model_fingerprint
-    from forgetting_laws.train import make_peft_model, prepare_data
+    from forgetting_laws.methods.lora import lora_model
+    from forgetting_laws.train import prepare_data
 
     spec = SweepSpec.from_dict({"model": {"name": model_name}, "lora": {"rank": 8}}).base
     base, tok = load_model(model_name)
     train, _, _ = prepare_data(spec, tok, model_fingerprint(base))
     batch = spec.train.batch_size
     blocks = torch.from_numpy(train[: batch * (steps + 1)]).view(-1, batch, spec.data.seq_len)
-    hand = hand_loop(make_peft_model(load_model(model_name)[0], spec), blocks, steps, spec.train.lr)
-    ours = trainer_loop(make_peft_model(base, spec), train, spec, steps)
+    hand = hand_loop(lora_model(load_model(model_name)[0], spec), blocks, steps, spec.train.lr)
+    ours = trainer_loop(lora_model(base, spec), train, spec, steps)
     tokens = steps * batch * spec.data.seq_len
     # Model FLOPs: forward 2*P*T, backward through activations 2*P*T (frozen weights get no
     # weight gradient); LoRA's own matmuls are under 1% at rank 8 and left out.
@@ -109,7 +110,8 @@ def bench_probe(model_name: str) -> None:
     from forgetting_laws.config import SweepSpec
     from forgetting_laws.models import load_model, model_fingerprint
     from forgetting_laws.probes import ProbeData, base_targets, forget_probe, lm_loss, probe
-    from forgetting_laws.train import make_peft_model, prepare_data
+    from forgetting_laws.methods.lora import lora_model
+    from forgetting_laws.train import prepare_data
 
     spec = SweepSpec.from_dict({"model": {"name": model_name}}).base
     model, tok = load_model(model_name)
@@ -117,7 +119,7 @@ def bench_probe(model_name: str) -> None:
     _, heldout, ref = prepare_data(spec, tok, key)
     ref = torch.from_numpy(ref)
     data = ProbeData(ref, base_targets(model, ref, key), torch.from_numpy(heldout))
-    peft_model = make_peft_model(model, spec).eval()
+    peft_model = lora_model(model, spec).eval()
 
     def naive_forget():  # what a probe costs without the cache: base predictions every time
         with peft_model.disable_adapter():

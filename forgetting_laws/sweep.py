@@ -136,10 +136,11 @@ def _time_steps(run: RunSpec, model, n: int = 2) -> float:
 
     import torch
 
-    from .train import make_peft_model, resolve_device
+    from .methods.lora import lora_model
+    from .train import resolve_device
 
     device, _ = resolve_device(run)
-    peft_model = make_peft_model(copy.deepcopy(model), run).to(device)
+    peft_model = lora_model(copy.deepcopy(model), run).to(device)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=run.train.lr)
     ids = torch.randint(0, model.config.vocab_size, (run.train.batch_size, run.data.seq_len), device=device)
     times = []

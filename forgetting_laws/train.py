@@ -30,12 +30,11 @@ from . import __version__
 from .config import RunSpec
 from .corpora import split_blocks, token_blocks
 from .methods import Method, make_method
-from .methods.lora import lora_model
 from .models import load_model, model_fingerprint
 from .probes import ProbeData, base_probe, base_targets, probe
 from .store import SCHEMA_VERSION, write_json, write_rows
 
-__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "make_peft_model", "build_trainer"]
+__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "build_trainer"]
 
 COMPLETE_MARKER = ".complete"
 _OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd"}
@@ -83,11 +82,6 @@ def prepare_data(spec: RunSpec, tokenizer, tokenizer_id: str) -> tuple[np.ndarra
     ref = token_blocks(d.reference, tokenizer, d.seq_len, tokenizer_id, field="data.reference")
     reference, _ = split_blocks(ref, d.reference_blocks, d.split_seed, "data.reference_blocks", d.reference)
     return train, heldout, reference
-
-
-def make_peft_model(model, spec: RunSpec):
-    """Wrap ``model`` with a LoRA adapter as the spec says (B = 0: the adapter starts inert)."""
-    return lora_model(model, spec)
 
 
 def _adapter_is_inert(model) -> bool:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from forgetting_laws.config import SweepSpec
 from forgetting_laws.models import load_model, model_fingerprint
 from forgetting_laws.probes import ProbeData, base_targets, lm_loss, probe
-from forgetting_laws.train import make_peft_model, prepare_data
+from forgetting_laws.methods.lora import lora_model
+from forgetting_laws.train import prepare_data
 
 
 def setup(seq_len=32, n=6):
@@ -45,7 +46,7 @@ def test_base_targets_are_cached_and_equal_recomputed():
 def test_step0_forget_loss_is_base_self_cross_entropy():
     spec, model, data, _ = setup()
     expected = hand_ce(model, data.reference, data.targets)
-    peft_model = make_peft_model(model, spec)  # B = 0: the adapter is inert
+    peft_model = lora_model(model, spec)  # B = 0: the adapter is inert
     m = probe(peft_model, data, batch_size=4)
     assert abs(m["forget_loss"] - expected) < 1e-5
     assert m["agreement"] == 1.0
@@ -54,7 +55,7 @@ def test_step0_forget_loss_is_base_self_cross_entropy():
 def test_zero_B_lora_after_changing_A_keeps_base_predictions():
     spec, model, data, _ = setup()
     expected = hand_ce(model, data.reference, data.targets)
-    peft_model = make_peft_model(model, spec)
+    peft_model = lora_model(model, spec)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_A" in name:
@@ -67,7 +68,7 @@ def test_zero_B_lora_after_changing_A_keeps_base_predictions():
 
 def test_ft_and_ref_loss_match_hand_loop_after_a_change():
     spec, model, data, _ = setup()
-    peft_model = make_peft_model(model, spec)
+    peft_model = lora_model(model, spec)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -96,7 +97,7 @@ def test_base_probe_is_cached_and_equals_a_real_probe():
     from forgetting_laws.probes import base_probe
 
     spec, model, data, _ = setup()
-    peft_model = make_peft_model(model, spec)
+    peft_model = lora_model(model, spec)
     direct = probe(peft_model, data, batch_size=4)
     first = base_probe(peft_model, data, batch_size=4)
     second = base_probe(peft_model, data, batch_size=4)  # from the cache
