@@ -29,11 +29,29 @@ from .errors import ConfigError
 __all__ = ["SweepSpec", "RunSpec", "load_spec", "ConfigError"]
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a default and a help string (shown by ``--help`` and errors)."""
+def _f(default: Any, help: str, run_id: bool | str = True, **kw: Any) -> Any:
+    """A dataclass field with a default and a help string (shown by ``--help`` and errors).
+
+    ``run_id`` says whether the field enters :attr:`RunSpec.run_id`: ``True`` (it changes the
+    results), ``False`` (how a run executes, never what it computes: device, batch size of the
+    probes, compilation, resources) or ``"if-set"`` (a field added after runs were recorded:
+    it enters only when it differs from its default, so older RUNS_DIRs keep their ids).
+    """
+    meta = {"help": help, "run_id": run_id, **kw}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _hashed(section: Any) -> dict:
+    """The section's fields that determine results, as :attr:`RunSpec.run_id` hashes them."""
+    out = {}
+    for f in dataclasses.fields(section):
+        value, rule = getattr(section, f.name), f.metadata.get("run_id", True)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if rule is True or (rule == "if-set" and value != default):
+            out[f.name] = copy.deepcopy(value)
+    return out
 
 
 def _positive(section: str, name: str, value: Any) -> None:
@@ -51,7 +69,7 @@ class ModelSection:
     name: str = _f("smollm2-135m", "model alias, hub id, local directory or .gguf path")
     dtype: Literal["auto", "float32", "bfloat16"] = _f(
         "auto", "parameter dtype: auto = bfloat16 on CUDA, float32 on CPU")
-    device: str = _f("auto", "auto (cuda when present), cpu, cuda, cuda:N")
+    device: str = _f("auto", "auto (cuda when present), cpu, cuda, cuda:N", run_id=False)
 
 
 @dataclass
@@ -105,7 +123,7 @@ class ProbeSection:
     steps: str | list[int] = _f("log", "'log' (0, 1, 2, 4, ... then every `every`) or a list of steps")
     every: int = _f(10, "with steps = 'log': spacing of the probes after the log-spaced ones")
     forget_kl: bool = _f(False, "also measure KL(p_base || p_ft) (one extra forward per probe)")
-    batch_size: int = _f(8, "blocks per probe forward pass")
+    batch_size: int = _f(8, "blocks per probe forward pass", run_id=False)
 
     def validate(self) -> None:
         _positive("probe", "every", self.every)
@@ -233,12 +251,12 @@ class RunSpec:
     def run_id(self) -> str:
         """Stable hash of what determines the results (never paths, device or executor).
 
-        Only the run's own method knobs enter it; plain LoRA hashes as it did before methods
-        existed, so older RUNS_DIRs stay valid, and other methods prefix the id with their name.
+        Fields declared with ``run_id=False`` never enter it, ``run_id="if-set"`` ones only
+        when changed from their default. Only the run's own method knobs enter it; plain LoRA
+        hashes as it did before methods existed, so older RUNS_DIRs stay valid, and other
+        methods prefix the id with their name.
         """
-        d = self.to_dict()
-        d["model"].pop("device")
-        d["probe"].pop("batch_size")
+        d = {name: _hashed(getattr(self, name)) for name in SECTIONS if name != "method"}
         d["method"] = self.method.own().to_dict()
         prefix = f"r{self.lora.rank}-"
         if d["method"] == {"name": "lora"}:

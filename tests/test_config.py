@@ -1,6 +1,7 @@
 import pytest
 
 from forgetting_laws.config import ConfigError, ProbeSection, SweepSpec, load_spec
+from conftest import REPO
 
 
 def spec(**sections):
@@ -65,3 +66,11 @@ def test_demo_spec_meets_its_brief():
     assert len(ranks) >= 4 and ranks[-1] / ranks[0] >= 10 ** 1.5
     assert all(r.train.max_steps >= 60 for r in runs)
     assert s.base.model.name == "smollm2-135m" and s.base.data.dataset == "lee-news"
+
+
+def test_run_ids_of_recorded_sweeps_are_unchanged():
+    # New spec fields must not change the ids of runs already on disk (run_id=False / "if-set").
+    for name, folder in [("demo", "demo-runs"), ("mitigation", "mitigation-runs")]:
+        ids = {r.run_id for r in load_spec(REPO / "sweeps" / f"{name}.toml").expand()}
+        recorded = {p.stem for p in (REPO / "examples" / folder).glob("*.parquet")}
+        assert ids == recorded, name
