@@ -98,10 +98,15 @@ class TrainSection:
     weight_decay: float = _f(0.0, "weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
     seed: int = _f(0, "seed of the adapter initialisation and the data order")
+    compile: bool | str = _f(
+        "auto", "torch.compile the training step: true, false, or 'auto' (when the sweep's steps "
+        "repay the compilation; see forgetting_laws.compiling)", run_id=False)
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "lr"):
             _positive("train", name, getattr(self, name))
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
+            raise ConfigError(f"train.compile = {self.compile!r}; use true, false or \"auto\"")
 
 
 @dataclass

@@ -44,7 +44,7 @@ def plan(spec: SweepSpec, runs_dir: Path) -> list[PlannedRun]:
     return [PlannedRun(r, run_status(runs_dir, r.run_id)) for r in spec.expand()]
 
 
-def _run_locked(run: RunSpec, runs_dir: Path, steps_bar) -> dict:
+def _run_locked(run: RunSpec, runs_dir: Path, steps_bar, compile_plan=None) -> dict:
     from .train import run_one  # torch is imported only when a run starts
 
     steps_bar.reset(total=run.train.max_steps)
@@ -57,7 +57,7 @@ def _run_locked(run: RunSpec, runs_dir: Path, steps_bar) -> dict:
 
     try:
         with run_lock(runs_dir, run.run_id):
-            result = run_one(run, runs_dir, on_step=on_step)
+            result = run_one(run, runs_dir, on_step=on_step, compile_plan=compile_plan)
     except RunLocked as exc:
         tqdm.write(f"skipping: {exc}")
         return {"run_id": run.run_id, "status": "locked"}
@@ -66,12 +66,21 @@ def _run_locked(run: RunSpec, runs_dir: Path, steps_bar) -> dict:
 
 @register_executor("local")
 def _local(runs: list[RunSpec], runs_dir: Path, progress: bool = True) -> list[dict]:
-    """Run each run in this process, one after another, with run and step progress bars."""
+    """Run each run in this process, one after another, with run and step progress bars.
+
+    Runs that share a compiled graph are planned together (:func:`compiling.plan_compile`), so a
+    sweep compiles once and ``compile = "auto"`` weighs the cost against all their steps.
+    """
+    from .compiling import plan_compile
+
+    plans = plan_compile(runs)
+    for reason in sorted({p.reason for p in plans.values()} - {"compile = false"}):
+        tqdm.write(f"compilation: {reason}")
     outcomes = []
     with tqdm(total=len(runs), desc="runs", position=0, disable=not progress) as runs_bar, \
          tqdm(total=1, desc="steps", position=1, leave=False, disable=not progress) as steps_bar:
         for run in runs:
-            outcome = _run_locked(run, runs_dir, steps_bar)
+            outcome = _run_locked(run, runs_dir, steps_bar, plans[run.run_id])
             if outcome["status"] == "diverged":
                 tqdm.write(f"run {run.run_id} diverged (non-finite loss); its rows so far are kept")
             outcomes.append(outcome)

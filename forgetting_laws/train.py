@@ -13,6 +13,8 @@ and its final table equals an uninterrupted run's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import platform
 import shutil
@@ -27,6 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from . import __version__
+from .compiling import CompilePlan, eager_probes, mark_compiled, plan_compile, prepare_for_compile, record
 from .config import RunSpec
 from .corpora import split_blocks, token_blocks
 from .methods import Method, make_method
@@ -88,6 +91,20 @@ def _adapter_is_inert(model) -> bool:
     """True when every LoRA B matrix is zero, so the model computes exactly the base model."""
     bs = [p for n, p in model.named_parameters() if "lora_B" in n]
     return bool(bs) and all(not p.any() for p in bs)
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimiser step (probes and checkpoints excluded): the cost model's data."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.times.append(time.perf_counter() - self._t0)
 
 
 class ProbeCallback(TrainerCallback):
@@ -221,7 +238,25 @@ def _meta(spec: RunSpec, status: str, **extra) -> dict:
                          "python": platform.python_version()}, **extra}
 
 
-def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None = None) -> RunResult:
+def _compile_plan(plan: CompilePlan | None, spec: RunSpec, ckpt: Path | None) -> CompilePlan:
+    """The run's plan; a resumed run keeps the padding its checkpoint was written with."""
+    plan = dataclasses.replace(plan) if plan else plan_compile([spec])[spec.run_id]
+    saved = ckpt / "compile.json" if ckpt else None
+    if saved and saved.exists():
+        plan.pad_rank = json.loads(saved.read_text())["pad_rank"]
+    return plan
+
+
+def _probe_context(method: Method, plan: CompilePlan):
+    @contextlib.contextmanager
+    def context(model):
+        with eager_probes(plan), method.probe_model(model) as probed:
+            yield probed
+    return context
+
+
+def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None = None,
+            compile_plan: CompilePlan | None = None) -> RunResult:
     """Run (or resume) one fine-tuning run and write ``<run_id>.parquet`` and ``.json``.
 
     Parameters
@@ -232,6 +267,9 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
         RUNS_DIR; checkpoints live in ``RUNS_DIR/.checkpoints/<run_id>`` until the run ends.
     on_step
         Called with the global step after every update (progress bars).
+    compile_plan
+        Whether to compile and the rank to pad to, from the sweep's :func:`plan_compile`
+        (which compiles once for many runs); by default this run is planned on its own.
     """
     runs_dir = Path(runs_dir)
     run_id = spec.run_id
@@ -252,20 +290,31 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     ckpt, ckpt_step = _last_checkpoint(ckpt_dir)
+    plan = _compile_plan(compile_plan, spec, ckpt)
+    prepare_for_compile(model, plan)  # before the method's state (padded) is loaded
+
+    def on_checkpoint(path: Path) -> None:
+        method.save_state(path)
+        (path / "compile.json").write_text(json.dumps({"pad_rank": plan.pad_rank}))
+
     if ckpt:
         method.load_state(ckpt)
     rows = _resume_rows(ckpt_dir / "rows.parquet", ckpt_step)
     wall_offset = rows[-1]["wall_s"] if rows else 0.0
     callback = ProbeCallback(model, data, spec, _base_row(spec, run_id, trainable, method), rows,
                              ckpt_dir / "rows.parquet", wall_offset, on_step,
-                             probe_context=method.probe_model, on_checkpoint=method.save_state)
-    trainer = build_trainer(spec, method, model, train, ckpt_dir, [callback], device, dtype)
+                             probe_context=_probe_context(method, plan), on_checkpoint=on_checkpoint)
+    timer = StepTimer()
+    trainer = build_trainer(spec, method, model, train, ckpt_dir, [callback, timer], device, dtype)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    record(spec, plan, timer.times)
+    mark_compiled(plan)
 
     status = "diverged" if callback.diverged else "complete"
     write_rows(runs_dir / f"{run_id}.parquet", callback.rows)
     wall = callback.rows[-1]["wall_s"]
     write_json(runs_dir / f"{run_id}.json", _meta(spec, status, trainable_params=trainable, wall_s=wall,
-                                                   device=str(device), dtype=str(dtype)))
+                                                   device=str(device), dtype=str(dtype),
+                                                   compiled=plan.compile, compile_reason=plan.reason))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return RunResult(run_id, status, len(callback.rows), wall)

@@ -1,0 +1,107 @@
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from forgetting_laws.compiling import CompilePlan, CostBook, group_key, pad_lora, plan_compile, unpad_lora
+from forgetting_laws.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.methods.lora import lora_model
+from forgetting_laws.models import load_model
+from forgetting_laws.store import load_runs
+from forgetting_laws.sweep import run_sweep
+
+
+def _spec(**train):
+    return SweepSpec.from_dict({"model": {"name": "tiny-random-llama"}, "train": train,
+                                "grid": {"lora.rank": [1, 4, 2]}})
+
+
+def _train(model, ids, steps=5):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 0.5)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_padding_is_inert_through_training():
+    base, _ = load_model("tiny-random-llama")
+    run = _spec().expand()[1]  # rank 4
+    ids = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
+    plain, padded = lora_model(copy.deepcopy(base), run), lora_model(copy.deepcopy(base), run)
+    ranks = pad_lora(padded, 16)
+    assert set(ranks.values()) == {4}
+    for m in (plain, padded):  # a non-zero B, so the padding is tested where it could leak
+        _train(m, ids)
+    a_pad = [p for n, p in padded.named_parameters() if "lora_A" in n]
+    b_pad = [p for n, p in padded.named_parameters() if "lora_B" in n]
+    assert all(a.shape[0] == 16 and not a[4:].any() for a in a_pad)  # exactly zero, not small
+    assert all(b.shape[1] == 16 and not b[:, 4:].any() for b in b_pad)
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, padded(input_ids=ids).logits, atol=1e-5)
+    unpad_lora(padded, ranks)
+    for (n, p), (_, q) in zip(plain.named_parameters(), padded.named_parameters()):
+        assert p.shape == q.shape and torch.allclose(p, q, atol=1e-5), n
+
+
+def test_plan_groups_runs_and_pads_to_the_largest_rank():
+    plans = plan_compile(_spec(compile=True).expand(), CostBook())
+    assert {p.compile for p in plans.values()} == {True}
+    assert {p.pad_rank for p in plans.values()} == {4}
+    assert len({p.key for p in plans.values()}) == 1
+    off = plan_compile(_spec(compile=False).expand(), CostBook())
+    assert not any(p.compile or p.pad_rank for p in off.values())
+
+
+def test_auto_compiles_when_the_steps_repay_the_compilation():
+    runs = _spec(compile="auto", max_steps=100).expand()
+    key = group_key(runs[0], 4)
+    book = CostBook(eager={group_key(runs[0], 0): {"1": 1.0, "4": 1.0}}, compiled={key: 0.6}, cold={key: 50.0})
+    assert all(p.compile for p in plan_compile(runs, book).values())  # 300 steps x 0.4 s > 50 s
+    book.cold[key] = 200.0
+    plans = plan_compile(runs, book)
+    assert not any(p.compile for p in plans.values())  # 120 s saved < 200 s
+    assert "predicted saving" in next(iter(plans.values())).reason
+    short = _spec(compile="auto", max_steps=20).expand()
+    assert not any(p.compile for p in plan_compile(short, CostBook(eager=book.eager)).values())
+
+
+def test_auto_measures_eager_steps_it_has_not_seen(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETTING_LAWS_CACHE", str(tmp_path))
+    runs = _spec(compile="auto").expand()
+    plan_compile(runs)
+    book = CostBook.load()
+    assert all(book.eager_step(r) > 0 for r in runs)  # measured ranks 1 and 4, 2 interpolated
+    assert set(next(iter(book.eager.values()))) == {"1", "4"}
+
+
+def test_compile_field_is_checked():
+    with pytest.raises(ConfigError, match=r"train.compile = 'yes'; use true, false or \"auto\""):
+        _spec(compile="yes")
+    assert _spec(compile=False).expand()[0].run_id == _spec(compile=True).expand()[0].run_id
+
+
+@pytest.mark.slow
+def test_compiled_sweep_equals_eager_sweep_and_compiles_once(tiny_spec_file, tmp_path):
+    from torch._dynamo.utils import counters
+
+    tables = {}
+    for mode in ("false", "true"):
+        spec = load_spec(tiny_spec_file(max_steps=6, ranks=[1, 4], extra=""))
+        spec = SweepSpec.from_dict({**spec.to_dict(), "train": {**spec.to_dict()["train"], "compile": mode == "true"}})
+        before = counters["stats"]["unique_graphs"]
+        run_sweep(spec, tmp_path / mode, progress=False)
+        graphs = counters["stats"]["unique_graphs"] - before
+        tables[mode] = load_runs(tmp_path / mode).sort_values(["run_id", "step"]).reset_index(drop=True)
+        meta = [json.loads(p.read_text()) for p in (tmp_path / mode).glob("*.json")]
+        assert {m["compiled"] for m in meta} == {mode == "true"}
+    # one training graph and one probe graph for the layer, shared by both ranks
+    assert 0 < graphs <= 4
+    eager, compiled = tables["false"], tables["true"]
+    assert list(eager["run_id"]) == list(compiled["run_id"])
+    assert (eager["trainable_params"] == compiled["trainable_params"]).all()  # the true rank's P
+    for col in ("ft_loss", "forget_loss", "ref_loss", "ft_train_loss"):
+        pd.testing.assert_series_equal(eager[col], compiled[col], rtol=2e-4, atol=2e-5, check_names=False)
