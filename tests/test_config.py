@@ -99,3 +99,11 @@ def test_sub_probe_steps_join_the_schedule():
     assert p.sub_schedule("lm_eval", 20) == [0, 3, 20]
     assert p.sub_schedule("refusal", 20) == [0, 5, 20]  # 'all': the main schedule
     assert spec().base.probe.sub_schedule("refusal", 20) == []
+
+
+def test_downstream_spec_probes_offline_tasks():
+    s = load_spec(REPO / "sweeps" / "downstream.toml")
+    p = s.base.probe
+    assert s.base.model.name == "smollm2-135m" and len(s.expand()) == 2
+    assert p.lm_eval.tasks == ["fl_arc_mini"] and p.refusal.prompts == "builtin"
+    assert p.sub_schedule("lm_eval", s.base.train.max_steps) == [0, 10, 20, 30]
