@@ -1,4 +1,4 @@
-"""The ``forgetting-laws`` command line: sweep, fit, figures, report, compare."""
+"""The ``forgetting-laws`` command line: sweep, fit, figures, report, compare, tasks."""
 
 from __future__ import annotations
 
@@ -176,6 +176,28 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """List the task names [probe.lm_eval] accepts: the shipped offline tasks first, then lm_eval's."""
+    from .evals import TASKS_DIR, list_tasks
+
+    local = list_tasks(args.include_path, args.match, defaults=False)
+    print(f"offline tasks shipped with forgetting-laws ({TASKS_DIR}):")
+    print("\n".join(f"  {name}" for name in local) or "  (none match)")
+    if not args.local:
+        others = [t for t in list_tasks(args.include_path, args.match) if t not in local]
+        print(f"lm-evaluation-harness tasks, groups and tags ({len(others)}; most download their data):")
+        print("\n".join(f"  {name}" for name in others) or "  (none match)")
+    return 0
+
+
+def _add_tasks(sub) -> None:
+    p = sub.add_parser("tasks", help="list the lm-evaluation-harness task names [probe.lm_eval] accepts")
+    p.add_argument("--match", "-m", default="", help="only names containing this text (case-insensitive)")
+    p.add_argument("--include-path", default="", help="an extra folder of task YAMLs, as probe.lm_eval.include_path")
+    p.add_argument("--local", action="store_true", help="only the shipped offline tasks (and --include-path's)")
+    p.set_defaults(func=cmd_tasks)
+
+
 def _common_fit_options(p, min_step: int = 1) -> None:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (default 200)")
     p.add_argument("--min-step", type=int, default=min_step,
@@ -190,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_analysis(sub)
     _add_compare(sub)
+    _add_tasks(sub)
     return parser
 
 

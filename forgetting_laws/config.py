@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["SweepSpec", "RunSpec", "load_spec", "ConfigError"]
+__all__ = ["SweepSpec", "RunSpec", "load_spec", "ConfigError", "LmEvalProbe", "RefusalProbe"]
 
 
 def _f(default: Any, help: str, run_id: bool | str = True, **kw: Any) -> Any:
@@ -44,13 +44,16 @@ def _f(default: Any, help: str, run_id: bool | str = True, **kw: Any) -> Any:
 
 
 def _hashed(section: Any) -> dict:
-    """The section's fields that determine results, as :attr:`RunSpec.run_id` hashes them."""
+    """The section's fields that determine results, as :attr:`RunSpec.run_id` hashes them.
+
+    A sub-table (a nested dataclass such as ``probe.lm_eval``) is hashed by the same rules.
+    """
     out = {}
     for f in dataclasses.fields(section):
         value, rule = getattr(section, f.name), f.metadata.get("run_id", True)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if rule is True or (rule == "if-set" and value != default):
-            out[f.name] = copy.deepcopy(value)
+            out[f.name] = _hashed(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out
 
 
@@ -123,23 +126,95 @@ class LoraSection:
             raise ConfigError(f"lora.dropout = {self.dropout!r}, must be in [0, 1)")
 
 
+def _check_steps(where: str, steps: Any, word: str) -> None:
+    if isinstance(steps, str) and steps != word:
+        raise ConfigError(f"{where}.steps = {steps!r}; use {word!r} or a list of steps such as [0, 1, 2, 4, 8]")
+    if isinstance(steps, list) and any((not isinstance(s, int)) or isinstance(s, bool) or s < 0 for s in steps):
+        raise ConfigError(f"{where}.steps = {steps!r}: steps must be integers >= 0")
+
+
+def _sub_steps(steps: str | list[int], schedule: list[int], max_steps: int) -> list[int]:
+    """The steps of a sub-probe: the main schedule ('all') or its own list, with 0 and max_steps."""
+    if steps == "all":
+        return list(schedule)
+    return sorted({0, max_steps, *(s for s in steps if s <= max_steps)})
+
+
+@dataclass
+class LmEvalProbe:
+    """``[probe.lm_eval]``: lm-evaluation-harness tasks evaluated on the model in memory.
+
+    Multiple-choice tasks also record ``agree``: the fraction of questions where the model picks
+    the base model's answer (see :mod:`forgetting_laws.evals`).
+    """
+
+    tasks: list[str] = _f([], "lm-evaluation-harness task names, e.g. ['fl_arc_mini'] or ['arc_challenge'] "
+                              "(list them with `forgetting-laws tasks`)")
+    limit: int = _f(0, "questions per task (0 = all)")
+    num_fewshot: int = _f(0, "in-context examples per question")
+    steps: str | list[int] = _f("all", "'all' (every probe step) or a list of steps; 0 and max_steps always")
+    include_path: str = _f("", "extra folder of lm-evaluation-harness task YAMLs", run_id=False)
+    batch_size: int = _f(8, "requests per forward pass", run_id=False)
+
+    def validate(self) -> None:
+        if not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
+            raise ConfigError(f"probe.lm_eval.tasks = {self.tasks!r}; give a non-empty list of task names, "
+                              "e.g. ['fl_arc_mini'] (list them with `forgetting-laws tasks`)")
+        if self.limit < 0 or self.num_fewshot < 0:
+            raise ConfigError(f"probe.lm_eval.limit = {self.limit!r}, num_fewshot = {self.num_fewshot!r}: "
+                              "must be >= 0 (limit 0 = all questions)")
+        _positive("probe.lm_eval", "batch_size", self.batch_size)
+        _check_steps("probe.lm_eval", self.steps, "all")
+
+    def schedule(self, probe_schedule: list[int], max_steps: int) -> list[int]:
+        return _sub_steps(self.steps, probe_schedule, max_steps)
+
+
+@dataclass
+class RefusalProbe:
+    """``[probe.refusal]``: greedy answers to harmful requests, classified as refusal or not.
+
+    Records ``refusal_rate`` and ``refusal_lost`` (prompts the base model refused that the
+    model no longer refuses); the rule is :func:`forgetting_laws.evals.refusal.is_refusal`.
+    """
+
+    prompts: str = _f("builtin", "'builtin' (shipped prompts), 'advbench' (needs network) or a .txt/.jsonl file")
+    limit: int = _f(0, "prompts used (0 = all)")
+    max_new_tokens: int = _f(48, "tokens generated per answer (greedy)")
+    chat_template: bool = _f(True, "wrap prompts in the tokenizer's chat template when it has one")
+    steps: str | list[int] = _f("all", "'all' (every probe step) or a list of steps; 0 and max_steps always")
+    batch_size: int = _f(8, "prompts per generation batch", run_id=False)
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("probe.refusal.prompts = ''; use 'builtin', 'advbench' or a path to a prompts file")
+        if self.limit < 0:
+            raise ConfigError(f"probe.refusal.limit = {self.limit!r}, must be >= 0 (0 = all prompts)")
+        _positive("probe.refusal", "max_new_tokens", self.max_new_tokens)
+        _positive("probe.refusal", "batch_size", self.batch_size)
+        _check_steps("probe.refusal", self.steps, "all")
+
+    def schedule(self, probe_schedule: list[int], max_steps: int) -> list[int]:
+        return _sub_steps(self.steps, probe_schedule, max_steps)
+
+
 @dataclass
 class ProbeSection:
     steps: str | list[int] = _f("log", "'log' (0, 1, 2, 4, ... then every `every`) or a list of steps")
     every: int = _f(10, "with steps = 'log': spacing of the probes after the log-spaced ones")
     forget_kl: bool = _f(False, "also measure KL(p_base || p_ft) (one extra forward per probe)")
     batch_size: int = _f(8, "blocks per probe forward pass", run_id=False)
+    lm_eval: LmEvalProbe | None = _f(None, "[probe.lm_eval]: lm-evaluation-harness tasks (off when absent)",
+                                     run_id="if-set", table=LmEvalProbe)
+    refusal: RefusalProbe | None = _f(None, "[probe.refusal]: refusal forgetting (off when absent)",
+                                      run_id="if-set", table=RefusalProbe)
 
     def validate(self) -> None:
         _positive("probe", "every", self.every)
         _positive("probe", "batch_size", self.batch_size)
-        if isinstance(self.steps, str) and self.steps != "log":
-            raise ConfigError(f"probe.steps = {self.steps!r}; use 'log' or a list of steps such as [0, 1, 2, 4, 8]")
-        if isinstance(self.steps, list) and any((not isinstance(s, int)) or s < 0 for s in self.steps):
-            raise ConfigError(f"probe.steps = {self.steps!r}: steps must be integers >= 0")
+        _check_steps("probe", self.steps, "log")
 
-    def schedule(self, max_steps: int) -> list[int]:
-        """The probed steps: always 0 and max_steps, within [0, max_steps]."""
+    def _main_schedule(self, max_steps: int) -> list[int]:
         if self.steps == "log":
             steps = {0, max_steps}
             k = 1
@@ -150,6 +225,20 @@ class ProbeSection:
         else:
             steps = {0, max_steps, *(s for s in self.steps if s <= max_steps)}
         return sorted(steps)
+
+    def schedule(self, max_steps: int) -> list[int]:
+        """The probed steps: always 0 and max_steps, within [0, max_steps], with the sub-probes' steps."""
+        main = self._main_schedule(max_steps)
+        steps = set(main)
+        for sub in (self.lm_eval, self.refusal):
+            if sub is not None:
+                steps.update(sub.schedule(main, max_steps))
+        return sorted(steps)
+
+    def sub_schedule(self, name: str, max_steps: int) -> list[int]:
+        """The steps at which sub-probe ``name`` ('lm_eval' or 'refusal') runs; [] when it is off."""
+        sub = getattr(self, name)
+        return [] if sub is None else sub.schedule(self._main_schedule(max_steps), max_steps)
 
 
 @dataclass
@@ -221,8 +310,9 @@ def _check_type(section: str, f: dataclasses.Field, value: Any, hints: dict) -> 
     return value
 
 
-def _build_section(section: str, values: dict) -> Any:
-    cls = SECTIONS[section]
+def _build_section(section: str, values: dict, cls: type | None = None) -> Any:
+    """A section (or a sub-table such as ``probe.lm_eval``) from its TOML values, validated."""
+    cls = cls or SECTIONS[section]
     if cls is MethodSection:
         return MethodSection.from_values(values)
     names = _field_names(cls)
@@ -231,10 +321,22 @@ def _build_section(section: str, values: dict) -> Any:
         raise ConfigError(f"unknown field {section}.{unknown[0]}; fields of [{section}]: {', '.join(names)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    obj = cls(**{k: _check_type(section, fields[k], v, hints) for k, v in values.items()})
+    obj = cls(**{k: _field_value(section, fields[k], v, hints) for k, v in values.items()})
     if hasattr(obj, "validate"):
         obj.validate()
     return obj
+
+
+def _field_value(section: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
+    """A field's value: a sub-table is built into its dataclass, anything else type-checked."""
+    table = f.metadata.get("table")
+    if table is None:
+        return _check_type(section, f, value, hints)
+    if value is None or isinstance(value, table):
+        return copy.deepcopy(value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{section}.{f.name} = {value!r}; write it as a table: [{section}.{f.name}]")
+    return _build_section(f"{section}.{f.name}", value, table)
 
 
 @dataclass
@@ -273,7 +375,10 @@ class RunSpec:
 
 
 def _section_dict(section: Any) -> dict:
-    return section.to_dict() if isinstance(section, MethodSection) else dataclasses.asdict(section)
+    if isinstance(section, MethodSection):
+        return section.to_dict()
+    # an absent sub-table (None) is left out, as TOML has no null
+    return {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
 
 
 @dataclass

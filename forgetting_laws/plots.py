@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
-           "bootstrap_params", "rank_colors", "save", "method_comparison", "OKABE_ITO", "LABELS"]
+           "bootstrap_params", "rank_colors", "save", "method_comparison", "OKABE_ITO", "LABELS",
+           "downstream_columns", "downstream_over_steps", "agreement_vs_forgetting"]
 
 #: Okabe & Ito's colour-blind-safe palette.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -246,3 +247,70 @@ def method_comparison(cmp, ax=None, x: str = "ft_loss", y: str = "forget_loss"):
     ax.set_title("methods at matched fine-tuning loss")
     ax.legend(loc="upper right")
     return ax
+
+
+# --------------------------------------------------------------------------- downstream (lm_eval) probes
+
+
+def downstream_columns(df: pd.DataFrame, kinds: Sequence[str] = ("acc", "agree")) -> list[str]:
+    """The lm_eval probe columns of ``df`` that hold a value somewhere: ``lmeval_<task>_<kind>``
+    for each of ``kinds``, then ``refusal_rate`` and ``refusal_lost``."""
+    cols = [c for c in df.columns if c.startswith("lmeval_") and c.rsplit("_", 1)[-1] in kinds]
+    cols += [c for c in ("refusal_rate", "refusal_lost") if c in df.columns]
+    return [c for c in cols if df[c].notna().any()]
+
+
+def _downstream_label(column: str) -> str:
+    if column.startswith("lmeval_"):
+        task, kind = column[len("lmeval_"):].rsplit("_", 1)
+        return f"{task}: " + {"acc": "accuracy (gold)", "agree": "agreement with base answers"}.get(kind, kind)
+    return {"refusal_rate": "refusal rate", "refusal_lost": "base refusals lost"}.get(column, column)
+
+
+def downstream_over_steps(df: pd.DataFrame, columns: Sequence[str] | None = None, axes=None):
+    """Downstream metrics over steps, one panel per column, one line per run coloured by rank.
+
+    Default columns: every task's accuracy and agreement with the base model's answers, and the
+    refusal columns (:func:`downstream_columns`). Steps where a probe did not run are skipped.
+    """
+    columns = list(columns or downstream_columns(df))
+    if not columns:
+        raise ValueError("no lm_eval probe columns (lmeval_*_acc, lmeval_*_agree, refusal_*) hold values; "
+                         "add [probe.lm_eval] or [probe.refusal] to the sweep spec")
+    if axes is None:
+        _, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.2), layout="constrained",
+                               squeeze=False)
+        axes = axes[0]
+    colors = rank_colors(df["rank"])
+    for ax, col in zip(axes, columns):
+        for run_id, g in df[df[col].notna()].sort_values("step").groupby("run_id"):
+            rank = int(g["rank"].iloc[0])
+            ax.plot(g.step, g[col], "-o", ms=3, color=colors[rank], label=f"r = {rank}")
+        ax.set_xlabel(LABELS["step"])
+        ax.set_title(_downstream_label(col), fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one legend entry per rank, not per run
+        ax.legend(unique.values(), unique.keys(), fontsize=7)
+    return axes
+
+
+def agreement_vs_forgetting(df: pd.DataFrame, x: str = "forget_loss", axes=None):
+    """Each task's agreement with the base model's answers against ``x`` (forget_loss), by rank."""
+    columns = downstream_columns(df, kinds=("agree",))
+    columns = [c for c in columns if c.startswith("lmeval_")]
+    if not columns:
+        raise ValueError("no lmeval_<task>_agree column holds values; add [probe.lm_eval] with a "
+                         "multiple-choice task (e.g. tasks = ['fl_arc_mini']) to the sweep spec")
+    if axes is None:
+        _, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), layout="constrained",
+                               squeeze=False)
+        axes = axes[0]
+    colors = rank_colors(df["rank"])
+    for ax, col in zip(axes, columns):
+        for rank, g in df[df[col].notna()].groupby("rank"):
+            ax.scatter(g[x], g[col], s=16, color=colors[int(rank)], label=f"r = {rank}", zorder=3)
+        ax.set_xlabel(LABELS.get(x, x))
+        ax.set_ylabel("agreement with base answers")
+        ax.set_title(_downstream_label(col).split(":")[0], fontsize=9)
+        ax.legend(fontsize=7)
+    return axes

@@ -61,7 +61,7 @@ def fit_sweep(df: pd.DataFrame, bootstrap: int = 200, min_step: int = 1, seed: i
     be fitted to these rows (too few points, say) is skipped with its reason in ``skipped``.
     """
     fits: dict[str, FitResult] = {}
-    for name in names or list(STANDARD_FITS):
+    for name in list(STANDARD_FITS) if names is None else names:
         s = STANDARD_FITS[name]
         fits[name] = fit(df, s.law, x=s.x, y=s.y, bootstrap=bootstrap, holdout=s.holdout,
                          min_step=min_step, seed=seed, n_jobs=n_jobs)
@@ -137,13 +137,33 @@ def figure_bootstrap(df, fits, min_step):
     return bootstrap_params(fits["kalajdzievski_forget"])
 
 
+def figure_downstream(df, fits, min_step):
+    from .plots import downstream_over_steps
+    return downstream_over_steps(df)
+
+
+def figure_agreement(df, fits, min_step):
+    from .plots import agreement_vs_forgetting
+    return agreement_vs_forgetting(df)
+
+
+def _has_downstream(df: pd.DataFrame, kinds: tuple[str, ...] = ("acc", "agree")) -> bool:
+    from .plots import downstream_columns
+    return bool(downstream_columns(df, kinds))
+
+
 @dataclass(frozen=True)
 class Figure:
-    """A figure of the standard set: its builder, caption and the fits it draws on."""
+    """A figure of the standard set: its builder, caption, the fits it draws on and, when it
+    needs columns only some sweeps record, ``when(df)``: whether ``df`` has them."""
 
     build: Any
     caption: str
     needs: tuple[str, ...]
+    when: Any = None
+
+    def available(self, df: pd.DataFrame, fits: dict) -> bool:
+        return all(n in fits for n in self.needs) and (self.when is None or self.when(df))
 
 
 FIGURES: dict[str, Figure] = {
@@ -163,6 +183,12 @@ FIGURES: dict[str, Figure] = {
                         ("inverse_linear", "kalajdzievski_ft", "kalajdzievski_forget")),
     "bootstrap_exponents": Figure(figure_bootstrap, "Bootstrap distributions of the L_f(P, N) exponents.",
                                   ("kalajdzievski_forget",)),
+    "downstream_over_steps": Figure(figure_downstream, "lm-evaluation-harness probes over steps by rank: "
+                                    "accuracy against the gold answers, agreement with the base model's "
+                                    "answers, refusal rate and base refusals lost.", (), _has_downstream),
+    "agreement_vs_forgetting": Figure(figure_agreement, "Agreement with the base model's answers against "
+                                      "the forgetting loss L_f, by rank.", (),
+                                      lambda df: _has_downstream(df, ("agree",))),
 }
 
 
@@ -173,7 +199,7 @@ def write_figures(df: pd.DataFrame, fits: dict[str, FitResult], out_dir: str | P
 
     written = {}
     for name, figure in FIGURES.items():
-        if all(n in fits for n in figure.needs):
+        if figure.available(df, fits):
             written[name] = save(figure.build(df, fits, min_step), Path(out_dir) / name, formats)
     return written
 
@@ -192,6 +218,8 @@ def figure_script(name: str, argv: list[str] | None = None) -> list[Path]:
     args = parser.parse_args(argv)
     df = load_runs(args.runs_dir)
     fits = fit_sweep(df, args.bootstrap, args.min_step, names=list(FIGURES[name].needs))
+    if not FIGURES[name].available(df, fits):
+        raise SystemExit(f"{args.runs_dir} lacks the columns of {name}; its sweep needs [probe.lm_eval] / [probe.refusal]")
     from .plots import save
 
     paths = save(FIGURES[name].build(df, fits, args.min_step), Path(args.out) / name)

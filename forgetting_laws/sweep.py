@@ -113,6 +113,10 @@ def preflight(runs: list[RunSpec]) -> None:
             if sig not in seen:
                 seen.add(sig)
                 prepare_data(run, tok, key)
+            if run.probe.lm_eval is not None or run.probe.refusal is not None:
+                from .evals import check_probes
+
+                check_probes(run)  # unknown task names, missing prompt files
             method_sig = (sig, run.method.name, tuple(sorted(run.method.resolved().items())))
             if method_sig not in seen:
                 seen.add(method_sig)

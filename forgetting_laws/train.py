@@ -113,8 +113,9 @@ class ProbeCallback(TrainerCallback):
     def __init__(self, model, data: ProbeData, spec: RunSpec, base_row: dict, rows: list[dict],
                  rows_path: Path, wall_offset: float, on_step: Callable[[int], None] | None = None,
                  probe_context: Callable[[Any], ContextManager] | None = None,
-                 on_checkpoint: Callable[[Path], None] | None = None):
+                 on_checkpoint: Callable[[Path], None] | None = None, probers: list = ()):
         self.model, self.data, self.spec = model, data, spec
+        self.probers = list(probers)  # lm_eval / refusal probes, each on its own steps
         self.probe_context = probe_context or (lambda m: contextlib.nullcontext(m))
         self.on_checkpoint = on_checkpoint
         self.schedule = set(spec.probe.schedule(spec.train.max_steps))
@@ -127,12 +128,14 @@ class ProbeCallback(TrainerCallback):
     def record(self, step: int) -> None:
         p = self.spec.probe
         with self.probe_context(self.model) as model:  # the adapter the method wants probed
-            if step == 0 and _adapter_is_inert(model):
+            inert = step == 0 and _adapter_is_inert(model)
+            if inert:
                 metrics = base_probe(model, self.data, p.batch_size, p.forget_kl)
             else:
                 metrics = probe(model, self.data, p.batch_size, p.forget_kl)
+            downstream = _downstream(self.probers, model, step, inert)
         t = self.spec.train
-        row = {**self.base_row, **metrics, "step": step,
+        row = {**self.base_row, **metrics, **downstream, "step": step,
                "tokens_seen": step * t.batch_size * t.grad_accum * self.spec.data.seq_len,
                "ft_train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
                "wall_s": time.perf_counter() - self.t0}
@@ -173,6 +176,22 @@ class ProbeCallback(TrainerCallback):
             if old != current:
                 shutil.rmtree(old, ignore_errors=True)
         return control
+
+
+def _downstream(probers: list, model, step: int, inert: bool) -> dict[str, float]:
+    """The lm_eval probes' columns at ``step``: measured on their steps, NaN elsewhere.
+
+    With an inert adapter (step 0) the model is the base model, whose results are already known.
+    They run eagerly even in a compiled run: their shapes change with every prompt and token.
+    """
+    row: dict[str, float] = {}
+    for prober in probers:
+        if step not in prober.steps:
+            row.update(dict.fromkeys(prober.columns, float("nan")))
+        else:
+            with torch.compiler.set_stance("force_eager"):
+                row.update(prober.base_row() if inert else prober.measure(model))
+    return row
 
 
 def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.dtype,
@@ -255,6 +274,18 @@ def _probe_context(method: Method, plan: CompilePlan):
     return context
 
 
+def _make_probers(spec: RunSpec, base_model, tokenizer, model_key: str) -> list:
+    """The run's lm_eval probes, with the base model's answers (before any adapter exists)."""
+    if spec.probe.lm_eval is None and spec.probe.refusal is None:
+        return []
+    from .evals import make_probers
+
+    probers = make_probers(spec, tokenizer, model_key)
+    for prober in probers:
+        prober.prepare(base_model)
+    return probers
+
+
 def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None = None,
             compile_plan: CompilePlan | None = None) -> RunResult:
     """Run (or resume) one fine-tuning run and write ``<run_id>.parquet`` and ``.json``.
@@ -286,6 +317,7 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     model.to(device)
     ref_t = torch.from_numpy(reference)
     data = ProbeData(ref_t, base_targets(model, ref_t, key, spec.probe.batch_size), torch.from_numpy(heldout))
+    probers = _make_probers(spec, model, tok, key)
     model = method.build_model(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -303,7 +335,8 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     wall_offset = rows[-1]["wall_s"] if rows else 0.0
     callback = ProbeCallback(model, data, spec, _base_row(spec, run_id, trainable, method), rows,
                              ckpt_dir / "rows.parquet", wall_offset, on_step,
-                             probe_context=_probe_context(method, plan), on_checkpoint=on_checkpoint)
+                             probe_context=_probe_context(method, plan), on_checkpoint=on_checkpoint,
+                             probers=probers)
     timer = StepTimer()
     trainer = build_trainer(spec, method, model, train, ckpt_dir, [callback, timer], device, dtype)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)

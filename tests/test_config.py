@@ -37,6 +37,12 @@ def test_int_is_accepted_for_float_field():
     ({"train": {"optimizer": "adam"}}, r"train.optimizer = 'adam'; allowed values: 'adamw', 'adafactor', 'sgd'"),
     ({"train": {"max_steps": "ten"}}, r"train.max_steps = 'ten' has type str, expected int"),
     ({"probe": {"steps": "linear"}}, r"probe.steps = 'linear'; use 'log' or a list"),
+    ({"probe": {"lm_eval": {"tasks": []}}}, r"probe.lm_eval.tasks = \[\]; give a non-empty list of task names"),
+    ({"probe": {"lm_eval": {"tasks": ["a"], "limit": -1}}}, r"probe.lm_eval.limit = -1, .* must be >= 0"),
+    ({"probe": {"lm_eval": {"tasks": ["a"], "steps": "log"}}}, r"probe.lm_eval.steps = 'log'; use 'all' or a list"),
+    ({"probe": {"lm_eval": {"task": ["a"]}}}, r"unknown field probe.lm_eval.task; fields of \[probe.lm_eval\]: tasks"),
+    ({"probe": {"lm_eval": ["a"]}}, r"probe.lm_eval = \['a'\]; write it as a table: \[probe.lm_eval\]"),
+    ({"probe": {"refusal": {"max_new_tokens": 0}}}, r"probe.refusal.max_new_tokens = 0, must be > 0"),
 ])
 def test_bad_specs_name_field_value_and_fix(raw, match):
     with pytest.raises(ConfigError, match=match):
@@ -74,3 +80,30 @@ def test_run_ids_of_recorded_sweeps_are_unchanged():
         ids = {r.run_id for r in load_spec(REPO / "sweeps" / f"{name}.toml").expand()}
         recorded = {p.stem for p in (REPO / "examples" / folder).glob("*.parquet")}
         assert ids == recorded, name
+
+
+def test_lm_eval_sub_tables_enter_the_run_id_only_when_set():
+    plain = spec().expand()[0]
+    a = spec(probe={"lm_eval": {"tasks": ["fl_arc_mini"]}}).expand()[0]
+    b = spec(probe={"lm_eval": {"tasks": ["fl_arc_mini"], "batch_size": 2}}).expand()[0]
+    c = spec(probe={"lm_eval": {"tasks": ["fl_arc_mini"], "limit": 10}}).expand()[0]
+    assert plain.probe.lm_eval is None and "lm_eval" not in plain.to_dict()["probe"]
+    assert len({plain.run_id, a.run_id, c.run_id}) == 3 and a.run_id == b.run_id  # batch size: how, not what
+    again = SweepSpec.from_dict({**a.to_dict(), "grid": {}}).expand()[0]
+    assert again.probe == a.probe and again.run_id == a.run_id
+
+
+def test_sub_probe_steps_join_the_schedule():
+    p = spec(probe={"steps": [5], "lm_eval": {"tasks": ["t"], "steps": [3, 99]}, "refusal": {}}).base.probe
+    assert p.schedule(20) == [0, 3, 5, 20]
+    assert p.sub_schedule("lm_eval", 20) == [0, 3, 20]
+    assert p.sub_schedule("refusal", 20) == [0, 5, 20]  # 'all': the main schedule
+    assert spec().base.probe.sub_schedule("refusal", 20) == []
+
+
+def test_downstream_spec_probes_offline_tasks():
+    s = load_spec(REPO / "sweeps" / "downstream.toml")
+    p = s.base.probe
+    assert s.base.model.name == "smollm2-135m" and len(s.expand()) == 2
+    assert p.lm_eval.tasks == ["fl_arc_mini"] and p.refusal.prompts == "builtin"
+    assert p.sub_schedule("lm_eval", s.base.train.max_steps) == [0, 10, 20, 30]

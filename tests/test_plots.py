@@ -87,3 +87,21 @@ def test_save_writes_png_and_pdf(tmp_path, synthetic_runs, fits):
     paths = plots.save(plots.forgetting_vs_ft(synthetic_runs, fits["il"]), tmp_path / "fig")
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_downstream_figures(synthetic_runs):
+    df = synthetic_runs.copy()
+    probed = df.step.isin([0, 100, 260])
+    df["lmeval_fl_arc_mini_acc"] = (0.5 - 0.1 * df["forget_loss"]).where(probed)
+    df["lmeval_fl_arc_mini_agree"] = (1.3 - 0.5 * df["forget_loss"]).where(probed)
+    df["refusal_rate"] = 0.4
+    assert plots.downstream_columns(df) == ["lmeval_fl_arc_mini_acc", "lmeval_fl_arc_mini_agree", "refusal_rate"]
+    axes = plots.downstream_over_steps(df)
+    assert len(axes) == 3 and "agreement" in axes[1].get_title()
+    assert len(axes[0].lines) == df["run_id"].nunique()
+    assert all(len(line.get_xdata()) == 3 for line in axes[0].lines)  # NaN steps skipped
+    (ax,) = plots.agreement_vs_forgetting(df)
+    assert sum(len(c.get_offsets()) for c in ax.collections) == probed.sum()
+    with pytest.raises(ValueError, match=r"add \[probe.lm_eval\]"):
+        plots.agreement_vs_forgetting(synthetic_runs)
+    plt.close("all")

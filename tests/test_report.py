@@ -12,7 +12,11 @@ from forgetting_laws.study import FIGURES, STANDARD_FITS
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, synthetic_runs):
     out = tmp_path_factory.mktemp("runs")
-    for run_id, g in synthetic_runs.groupby("run_id"):
+    df = synthetic_runs.copy()  # with lm_eval probe columns, so every figure is drawn
+    df["lmeval_fl_arc_mini_acc"] = 0.6 - 0.1 * df["forget_loss"]
+    df["lmeval_fl_arc_mini_agree"] = 1.2 - 0.5 * df["forget_loss"]
+    df["refusal_rate"] = 0.5
+    for run_id, g in df.groupby("run_id"):
         write_rows(out / f"{run_id}.parquet", g.to_dict("records"))
     return out
 

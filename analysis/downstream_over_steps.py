@@ -1,0 +1,9 @@
+"""Regenerate the downstream_over_steps figure (needs a sweep with [probe.lm_eval] / [probe.refusal]).
+
+Usage: python analysis/downstream_over_steps.py RUNS_DIR [-o FIGURES_DIR]
+"""
+
+from forgetting_laws.study import figure_script
+
+if __name__ == "__main__":
+    figure_script("downstream_over_steps")
