@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .fit import FitDataError
 from .laws import LawError
+from .registry import import_plugins
 from .store import SchemaError
 
 __all__ = ["main"]
@@ -41,19 +42,45 @@ def _dry_run(spec, runs_dir: Path, calibrate: bool) -> int:
     return 0
 
 
+def _override_resources(spec, args: argparse.Namespace):
+    """Apply --num-cpus / --num-gpus / --max-retries over the spec's [sweep] values."""
+    from .config import SweepSpec
+
+    raw = spec.to_dict()
+    for name in ("num_cpus", "num_gpus", "max_retries"):
+        value = getattr(args, name)
+        if value is not None:
+            raw["sweep"][name] = value
+            raw["grid"].pop(f"sweep.{name}", None)
+    return SweepSpec.from_dict(raw)
+
+
+def _executor_options(args: argparse.Namespace) -> dict:
+    options = {k: v for k, v in (("address", args.address), ("ray_cpus", args.ray_cpus)) if v is not None}
+    if options and args.executor != "ray":
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in options)
+        raise ConfigError(f"{flags} only apply with --executor ray (executor is {args.executor!r})")
+    return options
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import load_spec
 
-    spec = load_spec(args.spec)
+    spec = _override_resources(load_spec(args.spec), args)
     runs_dir = Path(args.out) if args.out else Path("runs") / spec.base.sweep.name
     if args.dry_run:
         return _dry_run(spec, runs_dir, calibrate=not args.no_calibrate)
     from .sweep import run_sweep
 
-    outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet)
+    outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet,
+                         **_executor_options(args))
     done = {o["status"] for o in outcomes}
     print(f"{len(outcomes)} runs run ({', '.join(sorted(done)) or 'none needed'}); results in {runs_dir}")
-    return 0
+    failed = [o["run_id"] for o in outcomes if o["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} runs failed (error in RUNS_DIR/<run_id>.json; rerun the sweep to retry them): "
+              f"{', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _add_sweep(sub) -> None:
@@ -62,7 +89,16 @@ def _add_sweep(sub) -> None:
     p.add_argument("--out", "-o", help="RUNS_DIR (default: runs/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and estimate their time")
     p.add_argument("--no-calibrate", action="store_true", help="with --dry-run: skip the timing calibration")
-    p.add_argument("--executor", default="local", help="executor (default: local)")
+    from .sweep import executor_names
+
+    p.add_argument("--executor", default="local", choices=executor_names(),
+                   help="local: one run at a time in this process; ray: each run a Ray task (default: local)")
+    p.add_argument("--address", help="with --executor ray: a Ray cluster (ray://HOST:10001, HOST:6379, "
+                                     "auto); default: start a local Ray for this sweep")
+    p.add_argument("--ray-cpus", type=int, help="with --executor ray and no --address: CPUs of the local Ray")
+    p.add_argument("--num-cpus", type=float, help="CPUs each run reserves (overrides [sweep] num_cpus)")
+    p.add_argument("--num-gpus", type=float, help="GPUs each run reserves (overrides [sweep] num_gpus)")
+    p.add_argument("--max-retries", type=int, help="retries of a failed run (overrides [sweep] max_retries)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
 
@@ -196,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        import_plugins()
         return args.func(args)
     except (ConfigError, FitDataError, LawError, SchemaError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
