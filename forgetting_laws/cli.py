@@ -22,12 +22,75 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def _dry_run(spec, runs_dir: Path, calibrate: bool) -> int:
-    from .sweep import estimate, plan
+def _loads_here(name: str) -> bool:
+    """True for models this machine builds or reads from disk (aliases, local dirs, .gguf files)."""
+    from .models import model_aliases
+
+    return name in model_aliases() or Path(name).is_dir() or name.endswith(".gguf")
+
+
+def _print_batches(runs, world: int) -> None:
+    """Per-device batch math of each distinct (batch_size, grad_accum); checks it splits over ``world``."""
+    from .distributed import accumulation_per_device
+
+    for b, g, T in sorted({(r.train.batch_size, r.train.grad_accum, r.data.seq_len) for r in runs}):
+        per_device = accumulation_per_device(b, g, world)
+        print(f"update: {b} blocks x {g} micro-batches = {b * g} blocks x {T} tokens = {b * g * T} tokens; "
+              f"world size {world}: {per_device} micro-batch{'es' if per_device > 1 else ''} of {b} per device")
+
+
+def _check_corpora(runs) -> None:
+    """Corpus names checked without loading them (a dry-run downloads nothing)."""
+    from .corpora import check_corpus_name
+
+    for field in ("dataset", "reference"):
+        for name in sorted({getattr(r.data, field) for r in runs}):
+            check_corpus_name(name, f"data.{field}")
+
+
+def _dry_run(spec, runs_dir: Path, args: argparse.Namespace) -> int:
+    from .distributed import world_size
+    from .sweep import plan
 
     planned = plan(spec, runs_dir)
-    est = estimate(spec) if calibrate else {}
+    _check_corpora([p.spec for p in planned])
+    world = args.world_size or world_size()
     print(f"sweep {spec.base.sweep.name!r}: {len(planned)} runs, {sum(p.todo for p in planned)} to do, into {runs_dir}")
+    _print_batches([p.spec for p in planned], world)
+    names = {p.spec.model.name for p in planned}
+    if all(_loads_here(n) for n in names):
+        return _measured_table(spec, planned, calibrate=not args.no_calibrate)
+    return _gpu_table(planned, args.gpu, args.mfu, world)
+
+
+def _gpu_table(planned, gpu: str, mfu: float, world: int) -> int:
+    """Runs with their analytic GPU-hours and memory (no model is loaded or downloaded)."""
+    from .cost import GPUS, gpu_hours, lora_params, memory_gb, model_shape, run_flops
+
+    print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'P':>8} {'steps':>6} {'status':>10} {'PFLOP':>8} "
+          f"{'GPU-h':>7} {'mem GB':>7}")
+    total, worst = 0.0, 0.0
+    for p in planned:
+        r = p.spec
+        shape = model_shape(r.model.name)
+        hours = gpu_hours(run_flops(r, shape), gpu, mfu)
+        mem = memory_gb(r, shape, world)
+        total += hours if p.todo else 0.0
+        worst = max(worst, mem)
+        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {lora_params(shape, r.lora.rank, r.lora.target_modules) / 1e6:>7.1f}M "
+              f"{r.train.max_steps:>6} {p.status or 'todo':>10} {run_flops(r, shape) / 1e15:>8.1f} {hours:>7.2f} {mem:>7.1f}")
+    print(f"estimated GPU-hours of the runs to do: {total:.1f} on {gpu} ({GPUS[gpu][0] / 1e12:.0f} TFLOP/s bf16 "
+          f"peak at an assumed {mfu:.0%} MFU; --gpu, --mfu change these); wall time {_fmt_s(total * 3600 / world)} "
+          f"on {world} GPU{'s' if world > 1 else ''}")
+    fits = "fits" if worst <= GPUS[gpu][1] else "does NOT fit: turn on train.gradient_checkpointing or lower train.batch_size (raise grad_accum)"
+    print(f"peak memory per device about {worst:.0f} GB of the {gpu}'s {GPUS[gpu][1]:.0f} GB: {fits}")
+    return 0
+
+
+def _measured_table(spec, planned, calibrate: bool) -> int:
+    from .sweep import estimate
+
+    est = estimate(spec) if calibrate else {}
     print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
     total = 0.0
     for p in planned:
@@ -69,7 +132,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = _override_resources(load_spec(args.spec), args)
     runs_dir = Path(args.out) if args.out else Path("runs") / spec.base.sweep.name
     if args.dry_run:
-        return _dry_run(spec, runs_dir, calibrate=not args.no_calibrate)
+        return _dry_run(spec, runs_dir, args)
     from .sweep import run_sweep
 
     outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet,
@@ -89,6 +152,12 @@ def _add_sweep(sub) -> None:
     p.add_argument("--out", "-o", help="RUNS_DIR (default: runs/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and estimate their time")
     p.add_argument("--no-calibrate", action="store_true", help="with --dry-run: skip the timing calibration")
+    p.add_argument("--gpu", default="a100", help="with --dry-run of a hub model: GPU of the estimate "
+                                                 "(a100, h100, h200, l40s, a10g, rtx4090; default a100)")
+    p.add_argument("--mfu", type=float, default=0.4, help="with --dry-run of a hub model: assumed model FLOP "
+                                                          "utilisation (default 0.4)")
+    p.add_argument("--world-size", type=int, help="with --dry-run: GPUs per run under torchrun/accelerate "
+                                                  "(default: $WORLD_SIZE or 1); checks the batch splits")
     from .sweep import executor_names
 
     p.add_argument("--executor", default="local", choices=executor_names(),
