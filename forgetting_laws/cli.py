@@ -69,21 +69,24 @@ def _gpu_table(planned, gpu: str, mfu: float, world: int) -> int:
 
     print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'P':>8} {'steps':>6} {'status':>10} {'PFLOP':>8} "
           f"{'GPU-h':>7} {'mem GB':>7}")
-    total, worst = 0.0, 0.0
+    total, peak_mem = 0.0, 0.0
     for p in planned:
         r = p.spec
         shape = model_shape(r.model.name)
-        hours = gpu_hours(run_flops(r, shape), gpu, mfu)
-        mem = memory_gb(r, shape, world)
+        flops, mem = run_flops(r, shape), memory_gb(r, shape)
+        hours = gpu_hours(flops, gpu, mfu)
         total += hours if p.todo else 0.0
-        worst = max(worst, mem)
-        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {lora_params(shape, r.lora.rank, r.lora.target_modules) / 1e6:>7.1f}M "
-              f"{r.train.max_steps:>6} {p.status or 'todo':>10} {run_flops(r, shape) / 1e15:>8.1f} {hours:>7.2f} {mem:>7.1f}")
-    print(f"estimated GPU-hours of the runs to do: {total:.1f} on {gpu} ({GPUS[gpu][0] / 1e12:.0f} TFLOP/s bf16 "
-          f"peak at an assumed {mfu:.0%} MFU; --gpu, --mfu change these); wall time {_fmt_s(total * 3600 / world)} "
+        peak_mem = max(peak_mem, mem)
+        lora_m = lora_params(shape, r.lora.rank, r.lora.target_modules) / 1e6
+        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {lora_m:>7.1f}M {r.train.max_steps:>6} "
+              f"{p.status or 'todo':>10} {flops / 1e15:>8.1f} {hours:>7.2f} {mem:>7.1f}")
+    peak, capacity = GPUS[gpu]
+    print(f"estimated GPU-hours of the runs to do: {total:.1f} on {gpu} ({peak / 1e12:.0f} TFLOP/s bf16 peak at an "
+          f"assumed {mfu:.0%} MFU; --gpu, --mfu change these); wall time {_fmt_s(total * 3600 / world)} "
           f"on {world} GPU{'s' if world > 1 else ''}")
-    fits = "fits" if worst <= GPUS[gpu][1] else "does NOT fit: turn on train.gradient_checkpointing or lower train.batch_size (raise grad_accum)"
-    print(f"peak memory per device about {worst:.0f} GB of the {gpu}'s {GPUS[gpu][1]:.0f} GB: {fits}")
+    fits = "fits" if peak_mem <= capacity else ("does NOT fit: turn on train.gradient_checkpointing or lower "
+                                                "train.batch_size (and raise train.grad_accum)")
+    print(f"peak memory per device about {peak_mem:.0f} GB of the {gpu}'s {capacity:.0f} GB: {fits}")
     return 0
 
 

@@ -180,7 +180,7 @@ def gpu_hours(flops: float, gpu: str, mfu: float) -> float:
     return flops / (GPUS[gpu][0] * mfu) / 3600
 
 
-def memory_gb(run: "RunSpec", shape: ModelShape, world: int = 1) -> float:
+def memory_gb(run: "RunSpec", shape: ModelShape) -> float:
     """Approximate peak GPU memory (GB) of one device: weights, adapter, optimiser, activations.
 
     bf16 weights (2 bytes each), fp32 LoRA parameters with their gradients and optimiser state
