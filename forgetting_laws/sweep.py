@@ -100,6 +100,8 @@ def preflight(runs: list[RunSpec]) -> None:
     such as a replay corpus) into the block cache, so the checks that need a tokenizer (is the
     corpus large enough?) cost the runs nothing later.
     """
+    import torch
+
     from .methods import make_method
     from .models import load_model, model_fingerprint
     from .train import prepare_data
@@ -108,7 +110,10 @@ def preflight(runs: list[RunSpec]) -> None:
     for run in runs:
         by_model.setdefault(run.model.name, []).append(run)
     for name, group in by_model.items():
-        model, tok = load_model(name)
+        # the dtype the spec names, so the cache keys (model fingerprints) are the ones the runs
+        # compute on their GPUs, and a bfloat16 7B model takes half the driver's memory
+        dtype = {"bfloat16": torch.bfloat16}.get(group[0].model.dtype, torch.float32)
+        model, tok = load_model(name, dtype, group[0].model.attention)
         key = model_fingerprint(model)
         seen = set()
         for run in group:
