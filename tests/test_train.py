@@ -50,3 +50,24 @@ def test_grad_accum_splits_over_the_devices_of_a_launch(tiny_spec_file, tmp_path
     monkeypatch.setattr("forgetting_laws.train.world_size", lambda: 2)
     args = _training_args(run, tmp_path, *resolve_device(run), run.train.batch_size)
     assert args.gradient_accumulation_steps == 2
+
+
+@pytest.mark.slow
+def test_torchrun_on_two_processes_gives_the_single_process_table(tiny_spec_file, tmp_path):
+    """The multi-GPU path on CPU (gloo): 2 processes x 1 micro-batch = 1 process x 2 micro-batches."""
+    import subprocess
+    import sys
+
+    path = tiny_spec_file(max_steps=4, ranks=(1,))
+    path.write_text(path.read_text().replace("lr = 1e-2", "lr = 1e-2\ngrad_accum = 2"))
+    run_sweep(load_spec(path), tmp_path / "single", progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "forgetting_laws.cli", "sweep", str(path), "--out", str(tmp_path / "ddp"), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_runs(tmp_path / "single"), load_runs(tmp_path / "ddp")
+    assert a.run_id.tolist() == b.run_id.tolist() and a.tokens_seen.tolist() == b.tokens_seen.tolist()
+    for col in VALUE_COLS:
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-6, err_msg=col)
+    meta = __import__("json").loads((tmp_path / "ddp" / f"{a.run_id[0]}.json").read_text())
+    assert meta["world_size"] == 2 and meta["status"] == "complete"
