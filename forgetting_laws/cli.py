@@ -112,12 +112,13 @@ def _override_resources(spec, args: argparse.Namespace):
     """Apply --num-cpus / --num-gpus / --max-retries over the spec's [sweep] values."""
     from .config import SweepSpec
 
+    given = {n: getattr(args, n) for n in ("num_cpus", "num_gpus", "max_retries") if getattr(args, n) is not None}
+    if not given:
+        return spec
     raw = spec.to_dict()
-    for name in ("num_cpus", "num_gpus", "max_retries"):
-        value = getattr(args, name)
-        if value is not None:
-            raw["sweep"][name] = value
-            raw["grid"].pop(f"sweep.{name}", None)
+    for name, value in given.items():
+        raw["sweep"][name] = value
+        raw["grid"].pop(f"sweep.{name}", None)
     return SweepSpec.from_dict(raw)
 
 
