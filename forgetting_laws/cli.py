@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .fit import FitDataError
 from .laws import LawError
+from .registry import import_plugins
 from .store import SchemaError
 
 __all__ = ["main"]
@@ -21,12 +22,78 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def _dry_run(spec, runs_dir: Path, calibrate: bool) -> int:
-    from .sweep import estimate, plan
+def _loads_here(name: str) -> bool:
+    """True for models this machine builds or reads from disk (aliases, local dirs, .gguf files)."""
+    from .models import model_aliases
+
+    return name in model_aliases() or Path(name).is_dir() or name.endswith(".gguf")
+
+
+def _print_batches(runs, world: int) -> None:
+    """Per-device batch math of each distinct (batch_size, grad_accum); checks it splits over ``world``."""
+    from .distributed import accumulation_per_device
+
+    for b, g, T in sorted({(r.train.batch_size, r.train.grad_accum, r.data.seq_len) for r in runs}):
+        per_device = accumulation_per_device(b, g, world)
+        print(f"update: {b} blocks x {g} micro-batches = {b * g} blocks x {T} tokens = {b * g * T} tokens; "
+              f"world size {world}: {per_device} micro-batch{'es' if per_device > 1 else ''} of {b} per device")
+
+
+def _check_corpora(runs) -> None:
+    """Corpus names checked without loading them (a dry-run downloads nothing)."""
+    from .corpora import check_corpus_name
+
+    for field in ("dataset", "reference"):
+        for name in sorted({getattr(r.data, field) for r in runs}):
+            check_corpus_name(name, f"data.{field}")
+
+
+def _dry_run(spec, runs_dir: Path, args: argparse.Namespace) -> int:
+    from .distributed import world_size
+    from .sweep import plan
 
     planned = plan(spec, runs_dir)
-    est = estimate(spec) if calibrate else {}
+    _check_corpora([p.spec for p in planned])
+    world = args.world_size or world_size()
     print(f"sweep {spec.base.sweep.name!r}: {len(planned)} runs, {sum(p.todo for p in planned)} to do, into {runs_dir}")
+    _print_batches([p.spec for p in planned], world)
+    names = {p.spec.model.name for p in planned}
+    if all(_loads_here(n) for n in names):
+        return _measured_table(spec, planned, calibrate=not args.no_calibrate)
+    return _gpu_table(planned, args.gpu, args.mfu, world)
+
+
+def _gpu_table(planned, gpu: str, mfu: float, world: int) -> int:
+    """Runs with their analytic GPU-hours and memory (no model is loaded or downloaded)."""
+    from .cost import GPUS, gpu_hours, lora_params, memory_gb, model_shape, run_flops
+
+    print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'P':>8} {'steps':>6} {'status':>10} {'PFLOP':>8} "
+          f"{'GPU-h':>7} {'mem GB':>7}")
+    total, peak_mem = 0.0, 0.0
+    for p in planned:
+        r = p.spec
+        shape = model_shape(r.model.name)
+        flops, mem = run_flops(r, shape), memory_gb(r, shape)
+        hours = gpu_hours(flops, gpu, mfu)
+        total += hours if p.todo else 0.0
+        peak_mem = max(peak_mem, mem)
+        lora_m = lora_params(shape, r.lora.rank, r.lora.target_modules) / 1e6
+        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {lora_m:>7.1f}M {r.train.max_steps:>6} "
+              f"{p.status or 'todo':>10} {flops / 1e15:>8.1f} {hours:>7.2f} {mem:>7.1f}")
+    peak, capacity = GPUS[gpu]
+    print(f"estimated GPU-hours of the runs to do: {total:.1f} on {gpu} ({peak / 1e12:.0f} TFLOP/s bf16 peak at an "
+          f"assumed {mfu:.0%} MFU; --gpu, --mfu change these); wall time {_fmt_s(total * 3600 / world)} "
+          f"on {world} GPU{'s' if world > 1 else ''}")
+    fits = "fits" if peak_mem <= capacity else ("does NOT fit: turn on train.gradient_checkpointing or lower "
+                                                "train.batch_size (and raise train.grad_accum)")
+    print(f"peak memory per device about {peak_mem:.0f} GB of the {gpu}'s {capacity:.0f} GB: {fits}")
+    return 0
+
+
+def _measured_table(spec, planned, calibrate: bool) -> int:
+    from .sweep import estimate
+
+    est = estimate(spec) if calibrate else {}
     print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
     total = 0.0
     for p in planned:
@@ -41,19 +108,46 @@ def _dry_run(spec, runs_dir: Path, calibrate: bool) -> int:
     return 0
 
 
+def _override_resources(spec, args: argparse.Namespace):
+    """Apply --num-cpus / --num-gpus / --max-retries over the spec's [sweep] values."""
+    from .config import SweepSpec
+
+    given = {n: getattr(args, n) for n in ("num_cpus", "num_gpus", "max_retries") if getattr(args, n) is not None}
+    if not given:
+        return spec
+    raw = spec.to_dict()
+    for name, value in given.items():
+        raw["sweep"][name] = value
+        raw["grid"].pop(f"sweep.{name}", None)
+    return SweepSpec.from_dict(raw)
+
+
+def _executor_options(args: argparse.Namespace) -> dict:
+    options = {k: v for k, v in (("address", args.address), ("ray_cpus", args.ray_cpus)) if v is not None}
+    if options and args.executor != "ray":
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in options)
+        raise ConfigError(f"{flags} only apply with --executor ray (executor is {args.executor!r})")
+    return options
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import load_spec
 
-    spec = load_spec(args.spec)
+    spec = _override_resources(load_spec(args.spec), args)
     runs_dir = Path(args.out) if args.out else Path("runs") / spec.base.sweep.name
     if args.dry_run:
-        return _dry_run(spec, runs_dir, calibrate=not args.no_calibrate)
+        return _dry_run(spec, runs_dir, args)
     from .sweep import run_sweep
 
-    outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet)
+    outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet,
+                         **_executor_options(args))
     done = {o["status"] for o in outcomes}
     print(f"{len(outcomes)} runs run ({', '.join(sorted(done)) or 'none needed'}); results in {runs_dir}")
-    return 0
+    failed = [o["run_id"] for o in outcomes if o["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} runs failed (error in RUNS_DIR/<run_id>.json; rerun the sweep to retry them): "
+              f"{', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _add_sweep(sub) -> None:
@@ -62,7 +156,22 @@ def _add_sweep(sub) -> None:
     p.add_argument("--out", "-o", help="RUNS_DIR (default: runs/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and estimate their time")
     p.add_argument("--no-calibrate", action="store_true", help="with --dry-run: skip the timing calibration")
-    p.add_argument("--executor", default="local", help="executor (default: local)")
+    p.add_argument("--gpu", default="a100", help="with --dry-run of a hub model: GPU of the estimate "
+                                                 "(a100, h100, h200, l40s, a10g, rtx4090; default a100)")
+    p.add_argument("--mfu", type=float, default=0.4, help="with --dry-run of a hub model: assumed model FLOP "
+                                                          "utilisation (default 0.4)")
+    p.add_argument("--world-size", type=int, help="with --dry-run: GPUs per run under torchrun/accelerate "
+                                                  "(default: $WORLD_SIZE or 1); checks the batch splits")
+    from .sweep import executor_names
+
+    p.add_argument("--executor", default="local", choices=executor_names(),
+                   help="local: one run at a time in this process; ray: each run a Ray task (default: local)")
+    p.add_argument("--address", help="with --executor ray: a Ray cluster (ray://HOST:10001, HOST:6379, "
+                                     "auto); default: start a local Ray for this sweep")
+    p.add_argument("--ray-cpus", type=int, help="with --executor ray and no --address: CPUs of the local Ray")
+    p.add_argument("--num-cpus", type=float, help="CPUs each run reserves (overrides [sweep] num_cpus)")
+    p.add_argument("--num-gpus", type=float, help="GPUs each run reserves (overrides [sweep] num_gpus)")
+    p.add_argument("--max-retries", type=int, help="retries of a failed run (overrides [sweep] max_retries)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
 
@@ -219,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        import_plugins()
         return args.func(args)
     except (ConfigError, FitDataError, LawError, SchemaError, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

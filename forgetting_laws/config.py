@@ -65,6 +65,16 @@ def _positive(section: str, name: str, value: Any) -> None:
 @dataclass
 class SweepSection:
     name: str = _f("sweep", "name of the sweep, stored in every row")
+    num_cpus: float = _f(1.0, "CPUs each run reserves (ray executor; torch threads per run)", run_id=False)
+    num_gpus: float = _f(0.0, "GPUs each run reserves (ray executor); fractions share a GPU", run_id=False)
+    max_retries: int = _f(1, "times a failed run is retried before it is marked failed (ray executor)",
+                          run_id=False)
+
+    def validate(self) -> None:
+        _positive("sweep", "num_cpus", self.num_cpus)
+        for name in ("num_gpus", "max_retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"sweep.{name} = {getattr(self, name)!r}, must be >= 0")
 
 
 @dataclass
@@ -73,6 +83,9 @@ class ModelSection:
     dtype: Literal["auto", "float32", "bfloat16"] = _f(
         "auto", "parameter dtype: auto = bfloat16 on CUDA, float32 on CPU")
     device: str = _f("auto", "auto (cuda when present), cpu, cuda, cuda:N", run_id=False)
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = _f(
+        "sdpa", "attention kernel of hub / local models: sdpa (PyTorch fused), eager, "
+        "flash_attention_2 (needs flash-attn)", run_id=False)
 
 
 @dataclass
@@ -92,8 +105,9 @@ class DataSection:
 @dataclass
 class TrainSection:
     max_steps: int = _f(60, "update steps N")
-    batch_size: int = _f(4, "blocks per update step (per device)")
-    grad_accum: int = _f(1, "gradient accumulation steps")
+    batch_size: int = _f(4, "blocks per micro-batch on each device")
+    grad_accum: int = _f(1, "micro-batches per update step, summed over all devices: an update "
+                            "sees batch_size x grad_accum blocks on any number of GPUs")
     lr: float = _f(1e-3, "learning rate")
     lr_scheduler: Literal["constant", "linear", "cosine"] = _f("constant", "learning-rate schedule")
     warmup_steps: int = _f(0, "linear warm-up steps")
@@ -101,6 +115,8 @@ class TrainSection:
     weight_decay: float = _f(0.0, "weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
     seed: int = _f(0, "seed of the adapter initialisation and the data order")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass: less "
+                                      "memory for one more forward pass", run_id=False)
     compile: bool | str = _f(
         "auto", "torch.compile the training step: true, false, or 'auto' (when the sweep's steps "
         "repay the compilation; see forgetting_laws.compiling)", run_id=False)

@@ -8,7 +8,9 @@ Names
 -----
 ``lee-news``            300 ABC news articles shipped in gensim's wheel (located, not imported)
 ``python-docs``         CPython's reference prose, ``pydoc_data.topics``
-``hf:<dataset>[:<config>]:<split>``  any Hugging Face dataset (``pip install datasets``)
+``hf:<dataset>[:<config>]:<split>[#<columns>]``  any Hugging Face dataset (``pip install datasets``);
+                        the split may be sliced (``train[:40000]``); ``#a,b`` joins those text
+                        columns into one document (default: ``text``, else the first column)
 ``/path/file.txt|.jsonl|.parquet``   a local file (one document per line / a ``text`` field)
 """
 
@@ -18,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +30,8 @@ from .errors import ConfigError
 from .models import cache_dir
 from .registry import Registry
 
-__all__ = ["register_corpus", "corpus_names", "load_documents", "token_blocks", "split_blocks"]
+__all__ = ["register_corpus", "corpus_names", "check_corpus_name", "parse_hf_name", "load_documents",
+           "token_blocks", "split_blocks"]
 
 _CORPORA: Registry[Callable[[], list[str]]] = Registry("corpus")
 _LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -59,19 +63,41 @@ def _python_docs() -> list[str]:
     return [topics[k].strip() for k in sorted(topics) if topics[k].strip()]
 
 
+_HF_NAME = re.compile(r"hf:(?P<dataset>[^:#\[]+)(?::(?P<config>[^:#\[]+))?:(?P<split>[^:#\[]+(?:\[[^\]]*\])?)"
+                      r"(?:#(?P<columns>[^#]+))?")
+
+
+def parse_hf_name(name: str) -> tuple[str, str | None, str, list[str]]:
+    """``hf:<dataset>[:<config>]:<split>[#<col>,<col>]`` -> (dataset, config, split, columns).
+
+    Example
+    -------
+    >>> parse_hf_name("hf:Open-Orca/OpenOrca:train[:1000]#question,response")
+    ('Open-Orca/OpenOrca', None, 'train[:1000]', ['question', 'response'])
+    """
+    m = _HF_NAME.fullmatch(name)
+    if not m:
+        raise ConfigError(f"corpus {name!r}: expected 'hf:<dataset>[:<config>]:<split>[#<columns>]', "
+                          "e.g. 'hf:Salesforce/wikitext:wikitext-103-raw-v1:test' or "
+                          "'hf:Open-Orca/OpenOrca:train[:40000]#question,response'")
+    columns = [c.strip() for c in (m["columns"] or "").split(",") if c.strip()]
+    return m["dataset"], m["config"], m["split"], columns
+
+
 def _hf_documents(name: str) -> list[str]:
-    parts = name.split(":")[1:]
-    if len(parts) not in (2, 3):
-        raise ConfigError(f"corpus {name!r}: expected 'hf:<dataset>[:<config>]:<split>', "
-                          "e.g. 'hf:wikitext:wikitext-103-raw-v1:test'")
+    dataset, config, split, columns = parse_hf_name(name)
     if importlib.util.find_spec("datasets") is None:
         raise ImportError(f"corpus {name!r} needs the 'datasets' package: pip install datasets")
     import datasets
 
-    dataset, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
     ds = datasets.load_dataset(dataset, config, split=split)
-    column = "text" if "text" in ds.column_names else ds.column_names[0]
-    return [t for t in ds[column] if isinstance(t, str) and t.strip()]
+    columns = columns or ["text" if "text" in ds.column_names else ds.column_names[0]]
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise ConfigError(f"corpus {name!r}: no column {missing[0]!r}; columns: {', '.join(ds.column_names)}")
+    rows = zip(*(ds[c] for c in columns))
+    docs = ("\n\n".join(t for t in row if isinstance(t, str) and t.strip()) for row in rows)
+    return [d for d in docs if d.strip()]
 
 
 def _local_documents(path: Path) -> list[str]:
@@ -89,21 +115,31 @@ def _local_documents(path: Path) -> list[str]:
     return [t for t in frame["text"].tolist() if isinstance(t, str) and t.strip()]
 
 
-def load_documents(name: str, field: str = "data.dataset") -> list[str]:
-    """The documents of corpus ``name`` (a registered name, ``hf:...`` or a local file)."""
+def check_corpus_name(name: str, field: str = "data.dataset") -> None:
+    """Check a corpus name without loading anything (dry-runs): raise :class:`ConfigError` if bad."""
     if name in _CORPORA:
-        return _CORPORA[name]()
+        return
     if name.startswith("hf:"):
-        return _hf_documents(name)
-    path = Path(name)
-    if path.suffix in _LOCAL_SUFFIXES:
-        if not path.is_file():
+        parse_hf_name(name)
+        return
+    if Path(name).suffix in _LOCAL_SUFFIXES:
+        if not Path(name).is_file():
             raise ConfigError(f"{field} = {name!r}: no such file")
-        return _local_documents(path)
+        return
     raise ConfigError(
         f"{field} = {name!r} is not a known corpus; use one of {', '.join(corpus_names())}, "
         f"'hf:<dataset>[:<config>]:<split>', or a local {'/'.join(_LOCAL_SUFFIXES)} file"
     )
+
+
+def load_documents(name: str, field: str = "data.dataset") -> list[str]:
+    """The documents of corpus ``name`` (a registered name, ``hf:...`` or a local file)."""
+    check_corpus_name(name, field)
+    if name in _CORPORA:
+        return _CORPORA[name]()
+    if name.startswith("hf:"):
+        return _hf_documents(name)
+    return _local_documents(Path(name))
 
 
 def _corpus_key(name: str) -> str:

@@ -136,7 +136,7 @@ def _gguf_cache_path(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
-def _load_gguf(gguf: Path, dtype: torch.dtype):
+def _load_gguf(gguf: Path, dtype: torch.dtype, attention: str = "sdpa"):
     """Load a GGUF file as a plain (trainable) model, dequantising once into a safetensors cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,13 +158,15 @@ def _load_gguf(gguf: Path, dtype: torch.dtype):
             os.replace(tmp, cached)  # atomic: a concurrent loader sees the whole cache or none
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return _load_dir(cached, dtype)
+    return _load_dir(cached, dtype, attention)
 
 
-def _load_dir(path: Path | str, dtype: torch.dtype):
+def _load_dir(path: Path | str, dtype: torch.dtype, attention: str = "sdpa"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if attention == "flash_attention_2":
+        _require("flash_attn", "model.attention = 'flash_attention_2'")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
     tok = AutoTokenizer.from_pretrained(path)
     return model, tok
 
@@ -174,7 +176,7 @@ def _require(module: str, purpose: str) -> None:
         raise ImportError(f"{purpose} needs the '{module}' package: pip install {module}")
 
 
-def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, attention: str = "sdpa"):
     """Load a causal LM and its tokenizer.
 
     Parameters
@@ -184,6 +186,9 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
         Hugging Face hub id (needs network access or a populated hub cache).
     dtype
         Parameter dtype of the loaded model.
+    attention
+        Attention kernel of hub, local and GGUF models (``sdpa``, ``eager``,
+        ``flash_attention_2``); aliases build their own.
 
     Returns
     -------
@@ -195,11 +200,9 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
         path = Path(name_or_path)
         if not path.is_file():
             raise ConfigError(f"model.name = {name_or_path!r}: no such .gguf file")
-        model, tok = _load_gguf(path, dtype)
-    elif Path(name_or_path).is_dir():
-        model, tok = _load_dir(name_or_path, dtype)
-    elif "/" in name_or_path:
-        model, tok = _load_dir(name_or_path, dtype)  # hub id
+        model, tok = _load_gguf(path, dtype, attention)
+    elif Path(name_or_path).is_dir() or "/" in name_or_path:  # a local directory or a hub id
+        model, tok = _load_dir(name_or_path, dtype, attention)
     else:
         raise ConfigError(
             f"model.name = {name_or_path!r} is not a known alias, a local directory, a .gguf file "

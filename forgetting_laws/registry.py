@@ -6,7 +6,7 @@ from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "import_plugins", "PLUGINS_ENV"]
 
 
 class Registry(Generic[T]):
@@ -44,3 +44,27 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         return self._items[name]
+
+
+#: Environment variable naming modules that register models, corpora or methods (comma-separated).
+PLUGINS_ENV = "FORGETTING_LAWS_PLUGINS"
+
+
+def import_plugins() -> list[str]:
+    """Import the modules named in ``$FORGETTING_LAWS_PLUGINS``, so their registrations exist.
+
+    The CLI and every Ray worker call this before a sweep runs: a model alias, corpus or method
+    registered in your own module (``FORGETTING_LAWS_PLUGINS=mylab.corpora``) is then known to
+    the driver and to the workers alike. Returns the module names.
+    """
+    import importlib
+    import os
+
+    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"{PLUGINS_ENV} names module {name!r}, which cannot be imported ({exc}); "
+                              "fix the name or put its folder on PYTHONPATH") from exc
+    return names

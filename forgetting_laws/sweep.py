@@ -1,11 +1,13 @@
 """Sweeps: expand a spec into runs, run them with an executor, skip finished ones, resume.
 
-Executors register by name (``local`` runs in-process, one run at a time). Each run holds a
-file lock while it runs, so two sweeps sharing a RUNS_DIR never write the same run twice.
+Executors register by name (``local`` runs in-process, one run at a time; ``ray`` runs each
+run as a Ray task, see :mod:`forgetting_laws.ray_executor`). Each run holds a file lock while it
+runs, so two sweeps sharing a RUNS_DIR never write the same run twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from .config import RunSpec, SweepSpec
+from .distributed import is_main_process
 from .registry import Registry
 from .store import COMPLETE, RunLocked, run_lock, run_status
 
@@ -21,7 +24,8 @@ __all__ = ["run_sweep", "register_executor", "executor_names", "plan", "estimate
 
 _EXECUTORS: Registry[Callable] = Registry("executor")
 
-#: Register ``executor(runs, runs_dir, progress) -> list[dict]``: ``@register_executor("name")``.
+#: Register ``executor(runs, runs_dir, progress, **options) -> list[dict]`` (one dict per run:
+#: run_id, status, ...): ``@register_executor("name")``. ``options`` come from the command line.
 register_executor = _EXECUTORS.register
 
 
@@ -44,9 +48,26 @@ def plan(spec: SweepSpec, runs_dir: Path) -> list[PlannedRun]:
     return [PlannedRun(r, run_status(runs_dir, r.run_id)) for r in spec.expand()]
 
 
-def _run_locked(run: RunSpec, runs_dir: Path, steps_bar, compile_plan=None) -> dict:
+def run_locked(run: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None = None,
+               compile_plan=None) -> dict:
+    """Run (or resume) one run under its lock; a run another process holds is left to it.
+
+    Under a multi-GPU launcher only rank 0 takes the lock: the other ranks are part of its run.
+    Returns the outcome dict every executor returns (run_id, status, rows, wall_s).
+    """
     from .train import run_one  # torch is imported only when a run starts
 
+    lock = run_lock(runs_dir, run.run_id) if is_main_process() else contextlib.nullcontext()
+    try:
+        with lock:
+            result = run_one(run, runs_dir, on_step=on_step, compile_plan=compile_plan)
+    except RunLocked as exc:
+        tqdm.write(f"skipping: {exc}")
+        return {"run_id": run.run_id, "status": "locked"}
+    return {"run_id": result.run_id, "status": result.status, "rows": result.rows, "wall_s": result.wall_s}
+
+
+def _run_with_bar(run: RunSpec, runs_dir: Path, steps_bar, compile_plan=None) -> dict:
     steps_bar.reset(total=run.train.max_steps)
     steps_bar.set_description(f"{run.run_id}")
     last = [0]
@@ -55,13 +76,7 @@ def _run_locked(run: RunSpec, runs_dir: Path, steps_bar, compile_plan=None) -> d
         steps_bar.update(step - last[0])
         last[0] = step
 
-    try:
-        with run_lock(runs_dir, run.run_id):
-            result = run_one(run, runs_dir, on_step=on_step, compile_plan=compile_plan)
-    except RunLocked as exc:
-        tqdm.write(f"skipping: {exc}")
-        return {"run_id": run.run_id, "status": "locked"}
-    return {"run_id": result.run_id, "status": result.status, "rows": result.rows, "wall_s": result.wall_s}
+    return run_locked(run, runs_dir, on_step, compile_plan)
 
 
 @register_executor("local")
@@ -80,7 +95,7 @@ def _local(runs: list[RunSpec], runs_dir: Path, progress: bool = True) -> list[d
     with tqdm(total=len(runs), desc="runs", position=0, disable=not progress) as runs_bar, \
          tqdm(total=1, desc="steps", position=1, leave=False, disable=not progress) as steps_bar:
         for run in runs:
-            outcome = _run_locked(run, runs_dir, steps_bar, plans[run.run_id])
+            outcome = _run_with_bar(run, runs_dir, steps_bar, plans[run.run_id])
             if outcome["status"] == "diverged":
                 tqdm.write(f"run {run.run_id} diverged (non-finite loss); its rows so far are kept")
             outcomes.append(outcome)
@@ -95,6 +110,8 @@ def preflight(runs: list[RunSpec]) -> None:
     such as a replay corpus) into the block cache, so the checks that need a tokenizer (is the
     corpus large enough?) cost the runs nothing later.
     """
+    import torch
+
     from .methods import make_method
     from .models import load_model, model_fingerprint
     from .train import prepare_data
@@ -103,7 +120,10 @@ def preflight(runs: list[RunSpec]) -> None:
     for run in runs:
         by_model.setdefault(run.model.name, []).append(run)
     for name, group in by_model.items():
-        model, tok = load_model(name)
+        # the dtype the spec names, so the cache keys (model fingerprints) are the ones the runs
+        # compute on their GPUs, and a bfloat16 7B model takes half the driver's memory
+        dtype = {"bfloat16": torch.bfloat16}.get(group[0].model.dtype, torch.float32)
+        model, tok = load_model(name, dtype, group[0].model.attention)
         key = model_fingerprint(model)
         seen = set()
         for run in group:
@@ -125,10 +145,12 @@ def preflight(runs: list[RunSpec]) -> None:
 
 
 def run_sweep(spec: SweepSpec, runs_dir: str | Path, executor: str = "local",
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, **options) -> list[dict]:
     """Run every run of ``spec`` not already complete in ``runs_dir``; resume interrupted ones.
 
-    Returns one dict per run started (run_id, status, rows, wall_s).
+    Runs marked failed are tried again. ``options`` go to the executor (``ray``: ``address``,
+    ``ray_cpus``). Returns one dict per run started (run_id, status, rows, wall_s; failed runs:
+    error).
     """
     if executor not in _EXECUTORS:
         raise ValueError(f"executor = {executor!r}; registered executors: {', '.join(executor_names())}")
@@ -137,7 +159,7 @@ def run_sweep(spec: SweepSpec, runs_dir: str | Path, executor: str = "local",
     if todo:
         preflight(todo)
         runs_dir.mkdir(parents=True, exist_ok=True)
-    return _EXECUTORS[executor](todo, runs_dir, progress)
+    return _EXECUTORS[executor](todo, runs_dir, progress, **options)
 
 
 # --------------------------------------------------------------------------- cost estimate
@@ -202,3 +224,6 @@ def estimate(spec: SweepSpec) -> dict[str, float]:
         blocks = run.data.reference_blocks * (2 if run.probe.forget_kl else 1) + run.data.heldout_blocks
         out[run.run_id] = run.train.max_steps * step_s + probes * blocks * fwd_s
     return out
+
+
+from . import ray_executor  # noqa: E402,F401  registers the "ray" executor (Ray itself is imported lazily)

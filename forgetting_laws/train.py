@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -32,6 +33,7 @@ from . import __version__
 from .compiling import CompilePlan, eager_probes, mark_compiled, plan_compile, prepare_for_compile, record
 from .config import RunSpec
 from .corpora import split_blocks, token_blocks
+from .distributed import accumulation_per_device, is_main_process, world_size
 from .methods import Method, make_method
 from .models import load_model, model_fingerprint
 from .probes import ProbeData, base_probe, base_targets, probe
@@ -52,10 +54,16 @@ class RunResult:
 
 
 def resolve_device(spec: RunSpec) -> tuple[torch.device, torch.dtype]:
-    """The device and parameter dtype: CUDA and bfloat16 when present, else CPU and float32."""
+    """The device and parameter dtype: CUDA and bfloat16 when present, else CPU and float32.
+
+    Under a multi-GPU launcher, ``auto`` and ``cuda`` mean this process's own GPU (``LOCAL_RANK``).
+    """
     name = spec.model.device
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                          ("cpu" if name == "auto" else name))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    device = torch.device(name)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(spec.model.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -141,7 +149,8 @@ class ProbeCallback(TrainerCallback):
                "wall_s": time.perf_counter() - self.t0}
         self.rows.append(row)
         self.losses = []
-        write_rows(self.rows_path, self.rows)
+        if is_main_process():  # under a launcher every rank probes (same values), rank 0 writes
+            write_rows(self.rows_path, self.rows)
         if not all(math.isfinite(v) for k, v in metrics.items() if k != "forget_kl" or self.spec.probe.forget_kl):
             self.diverged = True
 
@@ -169,6 +178,8 @@ class ProbeCallback(TrainerCallback):
         # The Trainer writes checkpoints in place: mark one complete only once it is all on disk,
         # then drop older ones, so a kill at any moment leaves a loadable checkpoint (or none).
         current = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not is_main_process():
+            return control
         if self.on_checkpoint:
             self.on_checkpoint(current)  # the method's own state, before the checkpoint counts
         (current / COMPLETE_MARKER).touch()
@@ -196,17 +207,39 @@ def _downstream(probers: list, model, step: int, inert: bool) -> dict[str, float
 
 def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.dtype,
                    batch_size: int) -> TrainingArguments:
+    """Trainer arguments: the spec's optimisation, plus the GPU path when ``device`` is CUDA.
+
+    On CUDA: bf16 autocast (with bfloat16 parameters), pinned host memory for the batches.
+    The blocks are already token ids in memory, so loader worker processes would only add
+    start-up cost (``dataloader_num_workers=0``). Under ``torchrun``/``accelerate launch`` the
+    update's ``grad_accum`` micro-batches are split over the devices.
+    """
     t = spec.train
+    cuda = device.type == "cuda"
     return TrainingArguments(
         output_dir=str(out), max_steps=t.max_steps, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.lr_scheduler,
+        gradient_accumulation_steps=accumulation_per_device(t.batch_size, t.grad_accum, world_size()),
+        learning_rate=t.lr, lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_steps, optim=_OPTIMIZERS[t.optimizer], weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed,
         logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
         report_to="none", disable_tqdm=True, use_cpu=device.type == "cpu",
-        bf16=dtype == torch.bfloat16 and device.type == "cuda", dataloader_num_workers=0,
+        bf16=dtype == torch.bfloat16 and cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda,
+        **_checkpointing_args(t.gradient_checkpointing),
+        ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient at every step
         remove_unused_columns=False,
     )
+
+
+def _checkpointing_args(on: bool) -> dict:
+    """Activation (gradient) checkpointing arguments, under the name this transformers uses."""
+    if not on:
+        return {}
+    # non-reentrant checkpointing needs no input gradients through the frozen embeddings
+    kwargs = {"use_reentrant": False}
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__:  # transformers >= 5
+        return {"activation_checkpointing": True, "activation_checkpointing_kwargs": kwargs}
+    return {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": kwargs}
 
 
 def _last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
@@ -241,6 +274,8 @@ def build_trainer(spec: RunSpec, method: Method, model, train: np.ndarray, out: 
     """The method's Trainer for ``model`` on the training blocks (N, T), checkpointing into ``out``."""
     device = device or torch.device("cpu")
     args = _training_args(spec, out, device, dtype, method.train_batch_size())
+    if spec.train.gradient_checkpointing:
+        model.enable_input_require_grads()  # also correct if a method turns on reentrant checkpoints
     trainer = method.build_trainer(model=model, args=args, train_dataset=BlockDataset(train),
                                    callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # rows and progress bars report instead
@@ -306,11 +341,13 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     run_id = spec.run_id
     ckpt_dir = runs_dir / ".checkpoints" / run_id
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    write_json(runs_dir / f"{run_id}.json", _meta(spec, "running"))
+    main = is_main_process()
+    if main:
+        write_json(runs_dir / f"{run_id}.json", _meta(spec, "running"))
     device, dtype = resolve_device(spec)
 
     method = make_method(spec)
-    model, tok = load_model(spec.model.name, dtype)
+    model, tok = load_model(spec.model.name, dtype, spec.model.attention)
     key = model_fingerprint(model)
     train, heldout, reference = prepare_data(spec, tok, key)
     method.prepare_data(tok, key)
@@ -344,10 +381,12 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     mark_compiled(plan)
 
     status = "diverged" if callback.diverged else "complete"
-    write_rows(runs_dir / f"{run_id}.parquet", callback.rows)
     wall = callback.rows[-1]["wall_s"]
-    write_json(runs_dir / f"{run_id}.json", _meta(spec, status, trainable_params=trainable, wall_s=wall,
-                                                   device=str(device), dtype=str(dtype),
-                                                   compiled=plan.compile, compile_reason=plan.reason))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if main:
+        write_rows(runs_dir / f"{run_id}.parquet", callback.rows)
+        write_json(runs_dir / f"{run_id}.json", _meta(spec, status, trainable_params=trainable, wall_s=wall,
+                                                       device=str(device), dtype=str(dtype),
+                                                       world_size=world_size(), compiled=plan.compile,
+                                                       compile_reason=plan.reason))
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return RunResult(run_id, status, len(callback.rows), wall)
