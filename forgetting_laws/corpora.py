@@ -8,6 +8,7 @@ Names
 -----
 ``lee-news``            300 ABC news articles shipped in gensim's wheel (located, not imported)
 ``python-docs``         CPython's reference prose, ``pydoc_data.topics``
+``python-source``       CPython's standard-library source code (public top-level modules, ~1 MB)
 ``hf:<dataset>[:<config>]:<split>``  any Hugging Face dataset (``pip install datasets``)
 ``/path/file.txt|.jsonl|.parquet``   a local file (one document per line / a ``text`` field)
 """
@@ -57,6 +58,27 @@ def _python_docs() -> list[str]:
     from pydoc_data.topics import topics
 
     return [topics[k].strip() for k in sorted(topics) if topics[k].strip()]
+
+
+#: Characters of stdlib source taken by ``python-source`` (whole files, in name order).
+PYTHON_SOURCE_CHARS = 1_000_000
+
+
+@register_corpus("python-source")
+def _python_source() -> list[str]:
+    import sysconfig
+
+    # Public top-level modules only (no tests, no private helpers), whole files in name order,
+    # so the corpus is the same for every run on one Python version.
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs, total = [], 0
+    for path in sorted(stdlib.glob("*.py")):
+        if path.name.startswith("_") or total >= PYTHON_SOURCE_CHARS:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        docs.append(text)
+        total += len(text)
+    return docs
 
 
 def _hf_documents(name: str) -> list[str]:
