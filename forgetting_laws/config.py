@@ -98,6 +98,8 @@ class TrainSection:
     weight_decay: float = _f(0.0, "weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
     seed: int = _f(0, "seed of the adapter initialisation and the data order")
+    save_adapter: bool = _f(False, "keep the final adapter in RUNS_DIR/adapters/<run_id>/ (for landscape "
+                            "analyses such as sharpness)", run_id=False)
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "lr"):
