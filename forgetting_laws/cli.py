@@ -1,4 +1,4 @@
-"""The ``forgetting-laws`` command line: sweep, fit, figures, report, compare."""
+"""The ``forgetting-laws`` command line: sweep, fit, figures, report, compare, continual and landscape."""
 
 from __future__ import annotations
 
@@ -176,6 +176,39 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def cmd_continual(args: argparse.Namespace) -> int:
+    """Run the task sequences of a continual spec; print each matrix and metrics; write figures."""
+    from .continual import (SIGN_NOTE, cl_matrix, cl_summary, format_matrix, load_continual,
+                            load_continual_spec, run_continual)
+    from .plots import cl_heatmap, cl_metric_bars, save
+
+    spec = load_continual_spec(args.spec)
+    out = Path(args.out)
+    metas = run_continual(spec, out, progress=not args.quiet)
+    df = load_continual(out)
+    for meta in metas:
+        R, base, tasks = cl_matrix(df, meta["sequence_id"])
+        m = meta["metrics"]
+        print(f"\n== {meta['sequence_id']}  (held-out loss; rows: after training, columns: evaluated task)")
+        print(format_matrix(R, base, tasks))
+        print("   " + "   ".join(f"{k} = {v:+.4f}" for k, v in m.items()))
+        save(cl_heatmap(R, tasks, base, title=meta["sequence_id"]), out / "figures" / f"cl_matrix_{meta['sequence_id']}")
+    summary = cl_summary(df[df.sequence_id.isin([m["sequence_id"] for m in metas])])
+    summary.to_csv(out / "cl_summary.csv", index=False)
+    save(cl_metric_bars(summary), out / "figures" / "cl_metrics")
+    print(f"\n{SIGN_NOTE}\nresults: {out}/*.parquet, {out}/cl_summary.csv; adapters: {out}/adapters/; "
+          f"figures: {out}/figures/")
+    return 0
+
+
+def _add_continual(sub) -> None:
+    p = sub.add_parser("continual", help="fine-tune on a sequence of tasks; AP, BWT, FWT, Forgetting")
+    p.add_argument("spec", help="continual spec (TOML with a [continual] tasks list), e.g. sweeps/continual.toml")
+    p.add_argument("--out", "-o", required=True, help="output folder (resumable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_continual)
+
+
 def _common_fit_options(p, min_step: int = 1) -> None:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (default 200)")
     p.add_argument("--min-step", type=int, default=min_step,
@@ -190,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_analysis(sub)
     _add_compare(sub)
+    _add_continual(sub)
     return parser
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
-           "bootstrap_params", "rank_colors", "save", "method_comparison", "OKABE_ITO", "LABELS"]
+           "bootstrap_params", "rank_colors", "save", "method_comparison", "cl_heatmap", "cl_metric_bars",
+           "connectivity_curves", "sharpness_curves", "loss_surface", "sharpness_scatter", "OKABE_ITO", "LABELS"]
 
 #: Okabe & Ito's colour-blind-safe palette.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -246,3 +247,56 @@ def method_comparison(cmp, ax=None, x: str = "ft_loss", y: str = "forget_loss"):
     ax.set_title("methods at matched fine-tuning loss")
     ax.legend(loc="upper right")
     return ax
+
+
+# --------------------------------------------------------------------------- continual learning and landscape
+
+
+def cl_heatmap(matrix: np.ndarray, tasks: Sequence[str], base: np.ndarray | None = None, ax=None,
+               metric: str = "held-out loss", title: str | None = None):
+    """The task x task matrix: row j = after training task j (first row: the base model, if given),
+    column i = evaluated on task i; each cell annotated with its value."""
+    rows = ([np.asarray(base, float)] if base is not None else []) + [np.asarray(r, float) for r in matrix]
+    M = np.vstack(rows)
+    labels = (["base"] if base is not None else []) + [f"after {t}" for t in tasks]
+    ax = _axes(ax, (1.6 + 1.3 * len(tasks), 1.2 + 0.6 * len(labels)))
+    im = ax.imshow(M, cmap="viridis_r", aspect="auto")
+    ax.figure.colorbar(im, ax=ax, label=metric)
+    mid = np.nanmean(M)
+    for (j, i), v in np.ndenumerate(M):
+        ax.text(i, j, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white" if v > mid else "black")
+    ax.set_xticks(range(len(tasks)), [f"on {t}" for t in tasks], rotation=20, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    if base is not None:
+        ax.axhline(0.5, color="white", lw=2)
+    ax.set_title(title or f"{metric}: row = after training, column = evaluated task", fontsize=9)
+    return ax
+
+
+def cl_metric_bars(summary: pd.DataFrame, metrics: Sequence[str] = ("AP", "BWT", "FWT", "Forgetting"),
+                   by: str = "method", axes=None):
+    """One panel per continual-learning metric, one bar per ``by`` value (mean over the sequences
+    that share it; whiskers: min and max when there are several). Returns the axes.
+
+    ``summary`` is :func:`forgetting_laws.continual.cl_summary`'s table (metrics of negated losses:
+    BWT < 0 and Forgetting > 0 mean forgetting).
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, len(metrics), figsize=(2.3 * len(metrics), 3.0), layout="constrained",
+                               squeeze=False)
+        axes = axes[0]
+    groups = list(summary.groupby(by, sort=True))
+    for ax, metric in zip(axes, metrics):
+        for k, (name, g) in enumerate(groups):
+            vals = g[metric].astype(float)
+            mean = vals.mean()
+            ax.bar(k, mean, 0.7, color=OKABE_ITO[k % len(OKABE_ITO)], label=f"{name} (n={len(g)})")
+            if len(g) > 1:
+                ax.errorbar(k, mean, yerr=[[mean - vals.min()], [vals.max() - mean]], fmt="none", ecolor="k",
+                            lw=1, capsize=2)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(groups)), [str(n) for n, _ in groups], rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric)
+    axes[0].set_ylabel("metric of negated loss\n(higher = better)")
+    axes[0].figure.suptitle("continual-learning metrics (BWT < 0, Forgetting > 0: forgetting)", fontsize=9)
+    return axes
