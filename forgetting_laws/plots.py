@@ -300,3 +300,73 @@ def cl_metric_bars(summary: pd.DataFrame, metrics: Sequence[str] = ("AP", "BWT",
     axes[0].set_ylabel("metric of negated loss\n(higher = better)")
     axes[0].figure.suptitle("continual-learning metrics (BWT < 0, Forgetting > 0: forgetting)", fontsize=9)
     return axes
+
+
+_SPACE_LABELS = {"lora": "LoRA space (A, B)", "delta_w": r"$\Delta W$ space ($sBA$)"}
+
+
+def connectivity_curves(curves: pd.DataFrame, axes=None):
+    """Loss along the linear path between two adapters: one panel per evaluated set, one line per
+    space (LoRA A, B interpolated; merged Delta W interpolated). ``curves`` has columns space,
+    alpha, eval, loss (:func:`forgetting_laws.landscape.linear_path`). Returns the axes."""
+    evals = list(dict.fromkeys(curves["eval"]))
+    if axes is None:
+        _, axes = plt.subplots(1, len(evals), figsize=(3.2 * len(evals), 3.0), layout="constrained", squeeze=False)
+        axes = axes[0]
+    for ax, name in zip(axes, evals):
+        for k, (space, g) in enumerate(curves[curves["eval"] == name].groupby("space", sort=True)):
+            g = g.sort_values("alpha")
+            ax.plot(g.alpha, g.loss, "-o", ms=3, color=OKABE_ITO[k], label=_SPACE_LABELS.get(space, space))
+            ax.plot([0, 1], g.loss.iloc[[0, -1]], ":", color=OKABE_ITO[k], lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(r"$a$ in $(1-a)\,\theta_1 + a\,\theta_2$")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=7)
+    return axes
+
+
+def sharpness_curves(curve: pd.DataFrame, ax=None, title: str | None = None):
+    """Loss along filter-normalised random directions (one line each) against the radius;
+    ``curve`` has columns direction, radius, loss (:func:`forgetting_laws.landscape.curve_1d`)."""
+    ax = _axes(ax, (4.2, 3.2))
+    for k, g in curve.groupby("direction"):
+        g = g.sort_values("radius")
+        ax.plot(g.radius, g.loss, "-", lw=1.2, color=OKABE_ITO[int(k) % len(OKABE_ITO)], alpha=0.85)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("radius along a filter-normalised direction")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "1-D loss curves", fontsize=9)
+    return ax
+
+
+def loss_surface(surface: pd.DataFrame, ax=None, levels: int = 14, title: str | None = None):
+    """Contours of the loss on the plane of two filter-normalised directions; ``surface`` has
+    columns x, y, loss (:func:`forgetting_laws.landscape.surface_2d`)."""
+    ax = _axes(ax, (4.4, 3.6))
+    Z = surface.pivot_table(index="y", columns="x", values="loss")
+    cs = ax.contourf(Z.columns, Z.index, Z.to_numpy(), levels=levels, cmap="viridis")
+    ax.contour(Z.columns, Z.index, Z.to_numpy(), levels=levels, colors="white", linewidths=0.4, alpha=0.6)
+    ax.figure.colorbar(cs, ax=ax, label="loss")
+    ax.plot(0, 0, "k*", ms=8)
+    ax.set_xlabel("direction 1")
+    ax.set_ylabel("direction 2")
+    ax.set_title(title or "2-D loss surface", fontsize=9)
+    return ax
+
+
+def sharpness_scatter(table: pd.DataFrame, corr: dict | None = None, x: str = "eps_sharpness",
+                      y: str = "forgetting", ax=None):
+    """Forgetting against sharpness, one point per run (colour: method, label: rank), with the
+    Spearman correlation and its bootstrap CI (:func:`forgetting_laws.landscape.rank_correlation`)."""
+    ax = _axes(ax, (4.6, 3.6))
+    for k, (method, g) in enumerate(table.groupby("method", sort=True)):
+        ax.scatter(g[x], g[y], s=30, color=OKABE_ITO[k % len(OKABE_ITO)], label=method, zorder=3)
+        for _, r in g.iterrows():
+            ax.annotate(f"r{int(r['rank'])}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if corr:
+        ax.set_title(f"Spearman rho = {corr['spearman_rho']:.2f} ({corr['level']:.0%} CI "
+                     f"{corr['ci_lo']:.2f} to {corr['ci_hi']:.2f}), n = {corr['n_runs']}", fontsize=9)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(LABELS.get(y, "forgetting: rise of $L_f$" if y == "forgetting" else y))
+    ax.legend(fontsize=7)
+    return ax
