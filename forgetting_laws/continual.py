@@ -310,13 +310,12 @@ def _write_frame(path: Path, rows: list[dict]) -> None:
 
 def _save_resume(session: _Session, folder: Path, done: int) -> None:
     """Trainable tensors and the method's state after ``done`` tasks (rerun starts from here)."""
-    import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     trained = {n: p.detach().cpu().contiguous() for n, p in session.model.named_parameters() if p.requires_grad}
     save_file(trained, folder / "trainable.safetensors")
-    torch.save(session.method.state_dict(), folder / "method_state.pt")
+    session.method.save_state(folder)
     write_json(folder / "done.json", {"tasks_done": done})
 
 
@@ -335,7 +334,7 @@ def _load_resume(session: _Session, folder: Path) -> int:
     with torch.no_grad():
         for n, t in trained.items():
             params[n].copy_(t)
-    session.method.load_state_dict(torch.load(folder / "method_state.pt", weights_only=False))
+    session.method.load_state(folder)
     return done
 
 
