@@ -272,17 +272,20 @@ def linear_path(space: LoraSpace, theta1: Theta, theta2: Theta, evals: dict[str,
 
 
 def barriers(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per (space, eval): the barrier max_a [L(a) - ((1-a) L(0) + a L(1))], where it peaks, and
-    the end-point losses. Needs a = 0 and a = 1 in ``curves``."""
+    """Per (space, eval): the barrier max_a [L(a) - ((1-a) L(0) + a L(1))] and where it peaks, the
+    valley min_a of the same difference (< 0: the path dips below the chord, a point between the
+    adapters beats both) and where, the end-point losses and the lowest loss on the path.
+    Needs a = 0 and a = 1 in ``curves``."""
     out = []
     for (space, name), g in curves.groupby(["space", "eval"], sort=False):
         g = g.sort_values("alpha")
         a, L = g.alpha.to_numpy(), g.loss.to_numpy()
         l0, l1 = L[a == 0.0][0], L[a == 1.0][0]
         excess = L - ((1 - a) * l0 + a * l1)
-        k = int(np.argmax(excess))
+        k, j = int(np.argmax(excess)), int(np.argmin(excess))
         out.append({"space": space, "eval": name, "loss_at_0": l0, "loss_at_1": l1, "barrier": float(excess[k]),
-                    "alpha_at_max": float(a[k]), "max_loss": float(L.max())})
+                    "alpha_at_max": float(a[k]), "valley": float(excess[j]), "alpha_at_min": float(a[j]),
+                    "max_loss": float(L.max()), "min_loss": float(L.min())})
     return pd.DataFrame(out)
 
 

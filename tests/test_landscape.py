@@ -155,8 +155,10 @@ def test_barrier_is_the_peak_above_the_chord():
                            "loss": [1.0, 1.5, 2.5, 2.2, 2.0]})
     b = barriers(curves).iloc[0]
     assert b.barrier == pytest.approx(2.5 - 1.5) and b.alpha_at_max == 0.5
-    flat = curves.assign(loss=[1.0, 1.1, 1.2, 1.3, 1.4])
-    assert barriers(flat).iloc[0].barrier == pytest.approx(0.0, abs=1e-12)
+    assert b.valley == pytest.approx(0.0) and b.min_loss == 1.0
+    valley = barriers(curves.assign(loss=[1.0, 1.1, 0.9, 1.3, 1.4])).iloc[0]
+    assert valley.barrier == pytest.approx(0.0, abs=1e-12)  # never above the chord
+    assert valley.valley == pytest.approx(0.9 - 1.2) and valley.alpha_at_min == 0.5 and valley.min_loss == 0.9
 
 
 def test_rank_correlation_with_bootstrap_ci():
