@@ -283,6 +283,8 @@ def cmd_sharpness_vs_forgetting(args: argparse.Namespace) -> int:
     from .landscape import rank_correlation, sweep_sharpness
     from .plots import save, sharpness_scatter
 
+    if args.measure == "ascent_sharpness" and args.ascent_steps < 1:
+        raise ConfigError(f"--measure ascent_sharpness needs --ascent-steps >= 1 (got {args.ascent_steps})")
     table = sweep_sharpness(args.runs_dir, args.space, args.blocks, progress=not args.quiet, eps=args.eps,
                             n_directions=args.directions, rho=args.rho, ascent_steps=args.ascent_steps,
                             seed=args.seed)
@@ -330,7 +332,9 @@ def _add_landscape(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder")
     _sharpness_options(p)
     p.add_argument("--space", choices=SPACES, default="lora", help="parameter space (default lora)")
-    p.add_argument("--measure", choices=["eps_sharpness", "ascent_sharpness"], default="eps_sharpness")
+    p.add_argument("--measure", choices=["eps_sharpness", "eps_curvature", "ascent_sharpness"], default="eps_sharpness",
+                   help="eps_sharpness: mean rise at +eps; eps_curvature: its symmetric form (no gradient term); "
+                        "ascent_sharpness: SAM's worst case (needs --ascent-steps > 0)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the runs (default 1000)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sharpness_vs_forgetting)

@@ -19,7 +19,7 @@ LoRA-space path is quadratic in a, the Delta-W path is linear in the update.
 **Sharpness** (Li et al. 2018, 2024): losses along random Gaussian directions normalised per
 filter (each row of a direction tensor rescaled to the norm of the same row of the weights it
 perturbs, :func:`filter_normalized`); the mean loss increase at radius eps over K directions
-(:func:`eps_sharpness`); the worst case SAM sees, by a few steps of projected gradient ascent in
+and its symmetric, curvature-only form (:func:`eps_sharpness`); the worst case SAM sees, by a few steps of projected gradient ascent in
 an L2 ball of radius rho (:func:`ascent_sharpness`); the Hessian trace by Hutchinson's estimator
 (:func:`hutchinson_trace`). The functions take any ``loss_fn(theta) -> scalar tensor`` over a
 dict of tensors, so they apply to a toy objective as well as to a language model
@@ -368,15 +368,29 @@ def surface_2d(loss_fn: LossFn, theta: Theta, reference: Theta, radii: Sequence[
 # --------------------------------------------------------------------------- scalar sharpness
 
 
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    return float(x.mean()), (float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan"))
+
+
 def eps_sharpness(loss_fn: LossFn, theta: Theta, reference: Theta, eps: float = 0.05, n_directions: int = 8,
                   seed: int = 0) -> dict[str, float]:
-    r"""Mean loss increase at radius eps along K filter-normalised random directions,
-    :math:`\frac1K \sum_k L(\theta + \epsilon d_k) - L(\theta)`, with its standard error."""
+    r"""Mean loss increase at radius eps along K filter-normalised random directions, with standard errors.
+
+    ``eps_sharpness`` is :math:`\frac1K \sum_k L(\theta + \epsilon d_k) - L(\theta)` (Li et al.'s
+    measure). Away from an exact minimum its first-order term :math:`\epsilon\, g^\top d_k` adds
+    noise of either sign; ``eps_curvature``, :math:`\frac1K \sum_k \tfrac12 [L(\theta + \epsilon d_k)
+    + L(\theta - \epsilon d_k)] - L(\theta)`, cancels it and keeps the curvature,
+    :math:`\tfrac12 \epsilon^2 d_k^\top H d_k` to third order (one more evaluation per direction).
+    """
     l0 = _value(loss_fn, theta)
-    rises = np.array([_value(loss_fn, _shift(theta, (eps, d))) - l0
-                      for d in _directions(reference, n_directions, seed)])
-    return {"eps_sharpness": float(rises.mean()), "eps_sharpness_se": float(rises.std(ddof=1) / np.sqrt(len(rises)))
-            if len(rises) > 1 else float("nan"), "loss": l0}
+    plus, minus = [], []
+    for d in _directions(reference, n_directions, seed):
+        plus.append(_value(loss_fn, _shift(theta, (eps, d))) - l0)
+        minus.append(_value(loss_fn, _shift(theta, (-eps, d))) - l0)
+    rise, rise_se = _mean_se(np.array(plus))
+    curv, curv_se = _mean_se((np.array(plus) + np.array(minus)) / 2)
+    return {"eps_sharpness": rise, "eps_sharpness_se": rise_se, "eps_curvature": curv,
+            "eps_curvature_se": curv_se, "loss": l0}
 
 
 def _flat_norm(ts: Theta) -> torch.Tensor:

@@ -65,6 +65,14 @@ def test_sharpness_measures_order_two_minima_by_their_curvature(two_minima):
     e_flat = eps_sharpness(flat, theta, ref, eps=0.1, n_directions=6)["eps_sharpness"]
     e_sharp = eps_sharpness(sharp, theta, ref, eps=0.1, n_directions=6)["eps_sharpness"]
     assert 0 < e_flat < e_sharp and e_sharp / e_flat == pytest.approx(5.0, rel=1e-9)  # same directions
+    # away from the minimum the one-sided rise carries the gradient term; the symmetric one does not
+    off = {"w": center + 0.5}
+    for H, loss in ((H_flat, flat), (H_sharp, sharp)):
+        at_min = eps_sharpness(loss, theta, ref, eps=0.1, n_directions=6)
+        away = eps_sharpness(loss, off, ref, eps=0.1, n_directions=6)
+        assert at_min["eps_curvature"] == pytest.approx(at_min["eps_sharpness"], rel=1e-9)
+        assert away["eps_curvature"] == pytest.approx(at_min["eps_curvature"], rel=1e-9)
+        assert away["eps_sharpness"] != pytest.approx(at_min["eps_sharpness"], rel=1e-3)
     rho = 0.2
     a_flat = ascent_sharpness(flat, theta, rho=rho, steps=30)["ascent_sharpness"]
     a_sharp = ascent_sharpness(sharp, theta, rho=rho, steps=30)["ascent_sharpness"]
