@@ -1,4 +1,4 @@
-"""The ``forgetting-laws`` command line: sweep, fit, figures, report, compare, tasks."""
+"""The ``forgetting-laws`` command line: sweep, fit, figures, report, compare, tasks, continual and landscape."""
 
 from __future__ import annotations
 
@@ -307,6 +307,179 @@ def _add_tasks(sub) -> None:
     p.set_defaults(func=cmd_tasks)
 
 
+def cmd_continual(args: argparse.Namespace) -> int:
+    """Run the task sequences of a continual spec; print each matrix and metrics; write figures."""
+    from .continual import (SIGN_NOTE, cl_matrix, cl_summary, format_matrix, load_continual,
+                            load_continual_spec, run_continual)
+    from .plots import cl_heatmap, cl_metric_bars, save
+
+    spec = load_continual_spec(args.spec)
+    out = Path(args.out)
+    metas = run_continual(spec, out, progress=not args.quiet)
+    df = load_continual(out)
+    for meta in metas:
+        R, base, tasks = cl_matrix(df, meta["sequence_id"])
+        m = meta["metrics"]
+        print(f"\n== {meta['sequence_id']}  (held-out loss; rows: after training, columns: evaluated task)")
+        print(format_matrix(R, base, tasks))
+        print("   " + "   ".join(f"{k} = {v:+.4f}" for k, v in m.items()))
+        save(cl_heatmap(R, tasks, base, title=meta["sequence_id"]), out / "figures" / f"cl_matrix_{meta['sequence_id']}")
+    summary = cl_summary(df[df.sequence_id.isin([m["sequence_id"] for m in metas])])
+    summary.to_csv(out / "cl_summary.csv", index=False)
+    save(cl_metric_bars(summary), out / "figures" / "cl_metrics")
+    print(f"\n{SIGN_NOTE}\nresults: {out}/*.parquet, {out}/cl_summary.csv; adapters: {out}/adapters/; "
+          f"figures: {out}/figures/")
+    return 0
+
+
+def _add_continual(sub) -> None:
+    p = sub.add_parser("continual", help="fine-tune on a sequence of tasks; AP, BWT, FWT, Forgetting")
+    p.add_argument("spec", help="continual spec (TOML with a [continual] tasks list), e.g. sweeps/continual.toml")
+    p.add_argument("--out", "-o", required=True, help="output folder (resumable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_continual)
+
+
+def cmd_connectivity(args: argparse.Namespace) -> int:
+    """Losses along the linear path between two adapters, in LoRA and Delta W space; barriers."""
+    import numpy as np
+    import torch
+
+    from .landscape import connectivity, eval_functions, load_adapter, load_second_adapter, make_space
+    from .plots import save
+
+    first = load_adapter(args.adapter1)
+    second = load_adapter(args.adapter2)  # its spec names its task; its tensors are read below
+    if second.spec.model.name != first.spec.model.name:
+        raise ConfigError(f"the adapters sit on different base models ({first.spec.model.name!r}, "
+                          f"{second.spec.model.name!r}); connectivity needs one base model")
+    held = {}
+    for loaded in (first, second):
+        held.setdefault(f"held-out {loaded.spec.data.dataset}", torch.from_numpy(loaded.blocks()[1][: args.blocks]))
+    evals = eval_functions(held, first.probe_data() if not args.no_reference else None)
+    other = load_second_adapter(first.model, args.adapter2)
+    theta = {k: (make_space(first.model, k).point(), other[k]) for k in args.spaces if k in other}
+    for k in set(args.spaces) - set(theta):
+        print(f"note: no {k} path: the adapters' LoRA shapes differ (different ranks); Delta W space still works")
+    res = connectivity(first.model, theta, evals, np.linspace(0, 1, args.points))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res.curves.to_csv(out / "connectivity.csv", index=False)
+    res.barriers.to_csv(out / "barriers.csv", index=False)
+    paths = save(res.plot(), out / "connectivity")
+    print(res.barriers.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"barrier = max_a [L(a) - ((1-a) L(0) + a L(1))]; curves: {out / 'connectivity.csv'}; figure: {paths[0]}")
+    return 0
+
+
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    """Sharpness of one adapter: 1-D curves, a 2-D surface and scalar measures, per space."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from .landscape import curve_1d, load_adapter, make_space, sharpness_report, surface_2d
+    from .plots import loss_surface, save, sharpness_curves
+
+    loaded = load_adapter(args.adapter)
+    blocks = torch.from_numpy(loaded.blocks()[0][: args.blocks])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reports = []
+    radii = np.linspace(-args.radius, args.radius, args.points)
+    for kind in args.spaces:
+        space = make_space(loaded.model, kind)
+        reports.append(sharpness_report(space, blocks, args.eps, args.directions, args.rho, args.ascent_steps,
+                                        args.hutchinson, args.seed))
+        loss_fn, theta = space.loss_fn(blocks), space.point()
+        curve = curve_1d(loss_fn, theta, space.reference(theta), radii, args.curve_directions, args.seed)
+        curve.to_csv(out / f"curve_{kind}.csv", index=False)
+        save(sharpness_curves(curve, title=f"{kind}: loss along filter-normalised directions"), out / f"curve_{kind}")
+        if args.surface:
+            surf = surface_2d(loss_fn, theta, space.reference(theta), np.linspace(-args.radius, args.radius, args.surface),
+                              args.seed)
+            surf.to_csv(out / f"surface_{kind}.csv", index=False)
+            save(loss_surface(surf, title=f"{kind}: 2-D loss surface"), out / f"surface_{kind}")
+    table = pd.DataFrame(reports)
+    table.to_csv(out / "sharpness.csv", index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    print(f"on {len(blocks)} training blocks of {loaded.spec.data.dataset!r}; tables and figures in {out}")
+    return 0
+
+
+def cmd_sharpness_vs_forgetting(args: argparse.Namespace) -> int:
+    """Spearman correlation (bootstrap CI over runs) of sharpness and forgetting across a sweep."""
+    import json
+
+    from .landscape import rank_correlation, sweep_sharpness
+    from .plots import save, sharpness_scatter
+
+    if args.measure == "ascent_sharpness" and args.ascent_steps < 1:
+        raise ConfigError(f"--measure ascent_sharpness needs --ascent-steps >= 1 (got {args.ascent_steps})")
+    table = sweep_sharpness(args.runs_dir, args.space, args.blocks, progress=not args.quiet, eps=args.eps,
+                            n_directions=args.directions, rho=args.rho, ascent_steps=args.ascent_steps,
+                            seed=args.seed)
+    corr = rank_correlation(table[args.measure], table["forgetting"], args.bootstrap)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "sharpness_runs.csv", index=False)
+    (out / "correlation.json").write_text(json.dumps({"measure": args.measure, "space": args.space, **corr}, indent=2))
+    save(sharpness_scatter(table, corr, x=args.measure), out / "sharpness_vs_forgetting")
+    cols = ["run_id", "method", "rank", args.measure, "forgetting", "ft_loss"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    print(f"Spearman rho({args.measure}, forgetting) = {corr['spearman_rho']:+.3f}, {corr['level']:.0%} bootstrap CI "
+          f"[{corr['ci_lo']:+.3f}, {corr['ci_hi']:+.3f}], p = {corr['p_value']:.3g}, n = {corr['n_runs']} runs; "
+          f"forgetting = final forget_loss - step-0 forget_loss. Results in {out}")
+    return 0
+
+
+def _add_landscape(sub) -> None:
+    from .landscape import SPACES
+
+    p = sub.add_parser("connectivity", help="losses along the linear path between two adapters; barrier heights")
+    p.add_argument("adapter1", help="adapter folder (from `continual` or a sweep with [train] save_adapter = true)")
+    p.add_argument("adapter2", help="second adapter folder, on the same base model")
+    p.add_argument("--out", "-o", required=True, help="output folder for the CSV tables and the figure")
+    p.add_argument("--points", type=int, default=11, help="points on the path, end points included (default 11)")
+    p.add_argument("--blocks", type=int, default=8, help="held-out blocks per task (default 8)")
+    p.add_argument("--spaces", nargs="+", choices=SPACES, default=list(SPACES), help="interpolation spaces")
+    p.add_argument("--no-reference", action="store_true", help="skip the forgetting loss on the reference corpus")
+    p.set_defaults(func=cmd_connectivity)
+
+    p = sub.add_parser("sharpness", help="loss curves, surface and sharpness measures around one adapter")
+    p.add_argument("adapter", help="adapter folder")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    _sharpness_options(p)
+    p.add_argument("--spaces", nargs="+", choices=SPACES, default=list(SPACES), help="parameter spaces")
+    p.add_argument("--hutchinson", type=int, default=0, help="Rademacher samples for the Hessian trace (0: skip)")
+    p.add_argument("--radius", type=float, default=1.0, help="curves and surface span [-radius, radius] (default 1)")
+    p.add_argument("--points", type=int, default=11, help="points per 1-D curve (default 11)")
+    p.add_argument("--curve-directions", type=int, default=3, help="directions drawn as 1-D curves (default 3)")
+    p.add_argument("--surface", type=int, default=0, help="grid points per axis of the 2-D surface (0: none)")
+    p.set_defaults(func=cmd_sharpness)
+
+    p = sub.add_parser("sharpness-vs-forgetting", help="rank correlation of sharpness and forgetting across a sweep")
+    p.add_argument("runs_dir", help="RUNS_DIR of a sweep run with [train] save_adapter = true")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    _sharpness_options(p)
+    p.add_argument("--space", choices=SPACES, default="lora", help="parameter space (default lora)")
+    p.add_argument("--measure", choices=["eps_sharpness", "eps_curvature", "ascent_sharpness"], default="eps_sharpness",
+                   help="eps_sharpness: mean rise at +eps; eps_curvature: its symmetric form (no gradient term); "
+                        "ascent_sharpness: SAM's worst case (needs --ascent-steps > 0)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the runs (default 1000)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sharpness_vs_forgetting)
+
+
+def _sharpness_options(p) -> None:
+    p.add_argument("--eps", type=float, default=0.05, help="radius of eps-sharpness, in filter-normalised units (0.05)")
+    p.add_argument("--directions", type=int, default=8, help="random directions K for eps-sharpness (default 8)")
+    p.add_argument("--rho", type=float, default=0.05, help="L2 radius of the SAM-style ascent (default 0.05)")
+    p.add_argument("--ascent-steps", type=int, default=3, help="projected ascent steps (default 3; 0: skip)")
+    p.add_argument("--blocks", type=int, default=8, help="training blocks the loss is measured on (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+
+
 def _common_fit_options(p, min_step: int = 1) -> None:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (default 200)")
     p.add_argument("--min-step", type=int, default=min_step,
@@ -322,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis(sub)
     _add_compare(sub)
     _add_tasks(sub)
+    _add_continual(sub)
+    _add_landscape(sub)
     return parser
 
 

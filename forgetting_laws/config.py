@@ -120,6 +120,8 @@ class TrainSection:
     compile: bool | str = _f(
         "auto", "torch.compile the training step: true, false, or 'auto' (when the sweep's steps "
         "repay the compilation; see forgetting_laws.compiling)", run_id=False)
+    save_adapter: bool = _f(False, "keep the final adapter in RUNS_DIR/adapters/<run_id>/ (for landscape "
+                            "analyses such as sharpness)", run_id=False)
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "lr"):

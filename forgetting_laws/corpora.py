@@ -8,6 +8,7 @@ Names
 -----
 ``lee-news``            300 ABC news articles shipped in gensim's wheel (located, not imported)
 ``python-docs``         CPython's reference prose, ``pydoc_data.topics``
+``python-source``       CPython's standard-library source code (public top-level modules, ~1 MB)
 ``hf:<dataset>[:<config>]:<split>[#<columns>]``  any Hugging Face dataset (``pip install datasets``);
                         the split may be sliced (``train[:40000]``); ``#a,b`` joins those text
                         columns into one document (default: ``text``, else the first column)
@@ -82,6 +83,27 @@ def parse_hf_name(name: str) -> tuple[str, str | None, str, list[str]]:
                           "'hf:Open-Orca/OpenOrca:train[:40000]#question,response'")
     columns = [c.strip() for c in (m["columns"] or "").split(",") if c.strip()]
     return m["dataset"], m["config"], m["split"], columns
+
+
+#: Characters of stdlib source taken by ``python-source`` (whole files, in name order).
+PYTHON_SOURCE_CHARS = 1_000_000
+
+
+@register_corpus("python-source")
+def _python_source() -> list[str]:
+    import sysconfig
+
+    # Public top-level modules only (no tests, no private helpers), whole files in name order,
+    # so the corpus is the same for every run on one Python version.
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs, total = [], 0
+    for path in sorted(stdlib.glob("*.py")):
+        if path.name.startswith("_") or total >= PYTHON_SOURCE_CHARS:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        docs.append(text)
+        total += len(text)
+    return docs
 
 
 def _hf_documents(name: str) -> list[str]:

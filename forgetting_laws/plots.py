@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
-           "bootstrap_params", "rank_colors", "save", "method_comparison", "OKABE_ITO", "LABELS",
+           "bootstrap_params", "rank_colors", "save", "method_comparison", "cl_heatmap", "cl_metric_bars",
+           "connectivity_curves", "sharpness_curves", "loss_surface", "sharpness_scatter", "OKABE_ITO", "LABELS",
            "downstream_columns", "downstream_over_steps", "agreement_vs_forgetting"]
 
 #: Okabe & Ito's colour-blind-safe palette.
@@ -314,3 +315,126 @@ def agreement_vs_forgetting(df: pd.DataFrame, x: str = "forget_loss", axes=None)
         ax.set_title(_downstream_label(col).split(":")[0], fontsize=9)
         ax.legend(fontsize=7)
     return axes
+
+
+# --------------------------------------------------------------------------- continual learning and landscape
+
+
+def cl_heatmap(matrix: np.ndarray, tasks: Sequence[str], base: np.ndarray | None = None, ax=None,
+               metric: str = "held-out loss", title: str | None = None):
+    """The task x task matrix: row j = after training task j (first row: the base model, if given),
+    column i = evaluated on task i; each cell annotated with its value."""
+    rows = ([np.asarray(base, float)] if base is not None else []) + [np.asarray(r, float) for r in matrix]
+    M = np.vstack(rows)
+    labels = (["base"] if base is not None else []) + [f"after {t}" for t in tasks]
+    ax = _axes(ax, (1.6 + 1.3 * len(tasks), 1.2 + 0.6 * len(labels)))
+    im = ax.imshow(M, cmap="viridis_r", aspect="auto")
+    ax.figure.colorbar(im, ax=ax, label=metric)
+    mid = np.nanmean(M)
+    for (j, i), v in np.ndenumerate(M):
+        ax.text(i, j, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white" if v > mid else "black")
+    ax.set_xticks(range(len(tasks)), [f"on {t}" for t in tasks], rotation=20, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    if base is not None:
+        ax.axhline(0.5, color="white", lw=2)
+    ax.set_title(title or f"{metric}: row = after training, column = evaluated task", fontsize=9)
+    return ax
+
+
+def cl_metric_bars(summary: pd.DataFrame, metrics: Sequence[str] = ("AP", "BWT", "FWT", "Forgetting"),
+                   by: str = "method", axes=None):
+    """One panel per continual-learning metric, one bar per ``by`` value (mean over the sequences
+    that share it; whiskers: min and max when there are several). Returns the axes.
+
+    ``summary`` is :func:`forgetting_laws.continual.cl_summary`'s table (metrics of negated losses:
+    BWT < 0 and Forgetting > 0 mean forgetting).
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, len(metrics), figsize=(2.3 * len(metrics), 3.0), layout="constrained",
+                               squeeze=False)
+        axes = axes[0]
+    groups = list(summary.groupby(by, sort=True))
+    for ax, metric in zip(axes, metrics):
+        for k, (name, g) in enumerate(groups):
+            vals = g[metric].astype(float)
+            mean = vals.mean()
+            ax.bar(k, mean, 0.7, color=OKABE_ITO[k % len(OKABE_ITO)], label=f"{name} (n={len(g)})")
+            if len(g) > 1:
+                ax.errorbar(k, mean, yerr=[[mean - vals.min()], [vals.max() - mean]], fmt="none", ecolor="k",
+                            lw=1, capsize=2)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(groups)), [str(n) for n, _ in groups], rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric)
+    axes[0].set_ylabel("metric of negated loss\n(higher = better)")
+    axes[0].figure.suptitle("continual-learning metrics (BWT < 0, Forgetting > 0: forgetting)", fontsize=9)
+    return axes
+
+
+_SPACE_LABELS = {"lora": "LoRA space (A, B)", "delta_w": r"$\Delta W$ space ($sBA$)"}
+
+
+def connectivity_curves(curves: pd.DataFrame, axes=None):
+    """Loss along the linear path between two adapters: one panel per evaluated set, one line per
+    space (LoRA A, B interpolated; merged Delta W interpolated). ``curves`` has columns space,
+    alpha, eval, loss (:func:`forgetting_laws.landscape.linear_path`). Returns the axes."""
+    evals = list(dict.fromkeys(curves["eval"]))
+    if axes is None:
+        _, axes = plt.subplots(1, len(evals), figsize=(3.2 * len(evals), 3.0), layout="constrained", squeeze=False)
+        axes = axes[0]
+    for ax, name in zip(axes, evals):
+        for k, (space, g) in enumerate(curves[curves["eval"] == name].groupby("space", sort=True)):
+            g = g.sort_values("alpha")
+            ax.plot(g.alpha, g.loss, "-o", ms=3, color=OKABE_ITO[k], label=_SPACE_LABELS.get(space, space))
+            ax.plot([0, 1], g.loss.iloc[[0, -1]], ":", color=OKABE_ITO[k], lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(r"$a$ in $(1-a)\,\theta_1 + a\,\theta_2$")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=7)
+    return axes
+
+
+def sharpness_curves(curve: pd.DataFrame, ax=None, title: str | None = None):
+    """Loss along filter-normalised random directions (one line each) against the radius;
+    ``curve`` has columns direction, radius, loss (:func:`forgetting_laws.landscape.curve_1d`)."""
+    ax = _axes(ax, (4.2, 3.2))
+    for k, g in curve.groupby("direction"):
+        g = g.sort_values("radius")
+        ax.plot(g.radius, g.loss, "-", lw=1.2, color=OKABE_ITO[int(k) % len(OKABE_ITO)], alpha=0.85)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("radius along a filter-normalised direction")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "1-D loss curves", fontsize=9)
+    return ax
+
+
+def loss_surface(surface: pd.DataFrame, ax=None, levels: int = 14, title: str | None = None):
+    """Contours of the loss on the plane of two filter-normalised directions; ``surface`` has
+    columns x, y, loss (:func:`forgetting_laws.landscape.surface_2d`)."""
+    ax = _axes(ax, (4.4, 3.6))
+    Z = surface.pivot_table(index="y", columns="x", values="loss")
+    cs = ax.contourf(Z.columns, Z.index, Z.to_numpy(), levels=levels, cmap="viridis")
+    ax.contour(Z.columns, Z.index, Z.to_numpy(), levels=levels, colors="white", linewidths=0.4, alpha=0.6)
+    ax.figure.colorbar(cs, ax=ax, label="loss")
+    ax.plot(0, 0, "k*", ms=8)
+    ax.set_xlabel("direction 1")
+    ax.set_ylabel("direction 2")
+    ax.set_title(title or "2-D loss surface", fontsize=9)
+    return ax
+
+
+def sharpness_scatter(table: pd.DataFrame, corr: dict | None = None, x: str = "eps_sharpness",
+                      y: str = "forgetting", ax=None):
+    """Forgetting against sharpness, one point per run (colour: method, label: rank), with the
+    Spearman correlation and its bootstrap CI (:func:`forgetting_laws.landscape.rank_correlation`)."""
+    ax = _axes(ax, (4.6, 3.6))
+    for k, (method, g) in enumerate(table.groupby("method", sort=True)):
+        ax.scatter(g[x], g[y], s=30, color=OKABE_ITO[k % len(OKABE_ITO)], label=method, zorder=3)
+        for _, r in g.iterrows():
+            ax.annotate(f"r{int(r['rank'])}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if corr:
+        ax.set_title(f"Spearman rho = {corr['spearman_rho']:.2f} ({corr['level']:.0%} CI "
+                     f"{corr['ci_lo']:.2f} to {corr['ci_hi']:.2f}), n = {corr['n_runs']}", fontsize=9)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(LABELS.get(y, "forgetting: rise of $L_f$" if y == "forgetting" else y))
+    ax.legend(fontsize=7)
+    return ax

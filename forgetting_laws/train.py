@@ -30,7 +30,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from . import __version__
-from .compiling import CompilePlan, eager_probes, mark_compiled, plan_compile, prepare_for_compile, record
+from .compiling import (CompilePlan, eager_probes, mark_compiled, plan_compile, prepare_for_compile, record,
+                        unpad_lora)
 from .config import RunSpec
 from .corpora import split_blocks, token_blocks
 from .distributed import accumulation_per_device, is_main_process, world_size
@@ -39,9 +40,12 @@ from .models import load_model, model_fingerprint
 from .probes import ProbeData, base_probe, base_targets, probe
 from .store import SCHEMA_VERSION, write_json, write_rows
 
-__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "build_trainer"]
+__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "build_trainer", "save_adapter",
+           "adapter_spec"]
 
 COMPLETE_MARKER = ".complete"
+#: The run spec saved beside an adapter (``save_adapter``), read back by :func:`adapter_spec`.
+ADAPTER_SPEC = "forgetting_laws.json"
 _OPTIMIZERS = {"adamw": "adamw_torch", "adafactor": "adafactor", "sgd": "sgd"}
 
 
@@ -282,6 +286,37 @@ def build_trainer(spec: RunSpec, method: Method, model, train: np.ndarray, out: 
     return trainer
 
 
+def save_adapter(model, method: Method, path: Path, spec: RunSpec) -> Path:
+    """Save the adapter the probes evaluate (PEFT safetensors) and ``spec`` beside it, atomically.
+
+    For I-LoRA that is the slow adapter (``method.probe_model``). Landscape analyses
+    (:mod:`forgetting_laws.landscape`) load the folder back with :func:`adapter_spec`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with method.probe_model(model) as probed:
+        probed.save_pretrained(tmp)
+    write_json(tmp / ADAPTER_SPEC, {"spec": spec.to_dict(), "method": method.name})
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def adapter_spec(path: str | Path) -> RunSpec:
+    """The run spec saved beside an adapter by :func:`save_adapter` (model, corpora, LoRA)."""
+    from .config import SweepSpec
+    from .errors import ConfigError
+
+    meta = Path(path) / ADAPTER_SPEC
+    if not meta.is_file():
+        raise ConfigError(f"adapter {str(path)!r} has no {ADAPTER_SPEC}: pass a folder written by "
+                          "`forgetting-laws continual` or by a sweep with [train] save_adapter = true")
+    raw = json.loads(meta.read_text())["spec"]
+    return SweepSpec.from_dict(raw).expand()[0]
+
+
 def _meta(spec: RunSpec, status: str, **extra) -> dict:
     import peft
     import transformers
@@ -330,7 +365,8 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     spec
         The resolved run.
     runs_dir
-        RUNS_DIR; checkpoints live in ``RUNS_DIR/.checkpoints/<run_id>`` until the run ends.
+        RUNS_DIR; checkpoints live in ``RUNS_DIR/.checkpoints/<run_id>`` until the run ends;
+        with ``train.save_adapter`` the final adapter stays in ``RUNS_DIR/adapters/<run_id>/``.
     on_step
         Called with the global step after every update (progress bars).
     compile_plan
@@ -360,7 +396,7 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
 
     ckpt, ckpt_step = _last_checkpoint(ckpt_dir)
     plan = _compile_plan(compile_plan, spec, ckpt)
-    prepare_for_compile(model, plan)  # before the method's state (padded) is loaded
+    true_ranks = prepare_for_compile(model, plan)  # before the method's state (padded) is loaded
 
     def on_checkpoint(path: Path) -> None:
         method.save_state(path)
@@ -381,6 +417,10 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     mark_compiled(plan)
 
     status = "diverged" if callback.diverged else "complete"
+    if main and spec.train.save_adapter:
+        if true_ranks:  # a compiled run's adapter was padded; it is saved at its own rank
+            unpad_lora(model, true_ranks)
+        save_adapter(model, method, runs_dir / "adapters" / run_id, spec)
     wall = callback.rows[-1]["wall_s"]
     if main:
         write_rows(runs_dir / f"{run_id}.parquet", callback.rows)

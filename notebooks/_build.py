@@ -18,6 +18,96 @@ BOOT = int(os.environ.get("FORGETTING_LAWS_BOOTSTRAP", "100"))
 # Leave out Adam's early transient, as the paper leaves out its first 50 of 260 steps.
 MIN_STEP = 8'''
 
+CL_SETUP = '''import os
+import tempfile
+from pathlib import Path
+import matplotlib
+matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+import torch
+from forgetting_laws import continual, landscape, plots
+# The embedded default; the test suite runs this notebook on the tiny random model instead.
+MODEL = os.environ.get("FORGETTING_LAWS_NB_MODEL", "smollm2-135m")
+OUT = Path(os.environ.get("FORGETTING_LAWS_NB_OUT") or tempfile.mkdtemp(prefix="cl-notebook-"))
+MODEL, OUT'''
+
+CONTINUAL_LANDSCAPE = [
+    "# Continual learning and the geometry of forgetting\n\nFine-tune on a sequence of tasks (news, then "
+    "Python's docs, then Python source), measure every task after each (AP, BWT, FWT, Forgetting), then look "
+    "at the loss landscape: the linear path between the adapters of successive tasks (Ren et al. 2024) and "
+    "the sharpness around an adapter (Li et al. 2024). Small settings (3 tasks x 10 steps, 8 blocks) so it "
+    "runs in a few minutes on a CPU; `forgetting-laws continual sweeps/continual.toml` is the full version.",
+    CL_SETUP,
+    "## A task sequence, two methods\nThe same spec as a TOML file, as a dict; `[grid]` makes one sequence "
+    "per method.",
+    "spec = continual.ContinualSpec.from_dict({\n"
+    "    \"sweep\": {\"name\": \"notebook\"}, \"model\": {\"name\": MODEL},\n"
+    "    \"data\": {\"reference\": \"python-docs\", \"seq_len\": 128, \"heldout_blocks\": 8, \"reference_blocks\": 8},\n"
+    "    \"train\": {\"max_steps\": 10, \"batch_size\": 4, \"lr\": 1e-3}, \"lora\": {\"rank\": 8},\n"
+    "    \"method\": {\"replay_ratio\": 0.25},\n"
+    "    \"continual\": {\"tasks\": [\"lee-news\", \"python-docs\", \"python-source\"]},\n"
+    "    \"grid\": {\"method.name\": [\"lora\", \"replay\"]}})\n"
+    "metas = continual.run_continual(spec, OUT, progress=False)\n"
+    "df = continual.load_continual(OUT)\n"
+    "df.head(6)",
+    "## The task x task matrix and the metrics\nRows: after training a task; columns: the task evaluated "
+    "(held-out loss). " + "The metrics are those of the negated losses: BWT < 0 and Forgetting > 0 mean forgetting.",
+    "seq = spec.sequences()[0]\n"
+    "R, base, tasks = continual.cl_matrix(df, seq.sequence_id)\n"
+    "print(continual.format_matrix(R, base, tasks))\n"
+    "ax = plots.cl_heatmap(R, tasks, base, title=seq.sequence_id)",
+    "summary = continual.cl_summary(df)\nprint(continual.SIGN_NOTE)\n"
+    "axes = plots.cl_metric_bars(summary)\nsummary",
+    "## Mode connectivity between the adapters of task 1 and task 2\nLosses along "
+    "$(1-a)\\,\\theta_1 + a\\,\\theta_2$ with A and B interpolated (LoRA space) and with the merged "
+    "updates $\\Delta W = sBA$ interpolated; the barrier is the peak above the straight line between "
+    "the end points.",
+    "a1, a2 = (continual.adapter_dir(OUT, seq, k) for k in (1, 2))\n"
+    "first = landscape.load_adapter(a1)\n"
+    "second = landscape.load_adapter(a2)\n"
+    "held = {f\"held-out {x.spec.data.dataset}\": torch.from_numpy(x.blocks()[1]) for x in (first, second)}\n"
+    "evals = landscape.eval_functions(held, first.probe_data())\n"
+    "other = landscape.load_second_adapter(first.model, a2)\n"
+    "theta = {k: (landscape.make_space(first.model, k).point(), other[k]) for k in landscape.SPACES}\n"
+    "res = landscape.connectivity(first.model, theta, evals, np.linspace(0, 1, 5))\n"
+    "axes = res.plot()\nres.barriers",
+    "## Sharpness around the final adapter\nLoss along filter-normalised random directions (Li et al. 2018), "
+    "the mean rise at radius 0.05, the worst case in a ball of radius rho (SAM's view) and Hutchinson's "
+    "estimate of the Hessian trace, in both spaces, on 4 training blocks of the last task.",
+    "final = landscape.load_adapter(continual.adapter_dir(OUT, seq, 3))\n"
+    "blocks = torch.from_numpy(final.blocks()[0][:4])\n"
+    "rows = []\n"
+    "for kind in landscape.SPACES:\n"
+    "    space = landscape.make_space(final.model, kind)\n"
+    "    rows.append(landscape.sharpness_report(space, blocks, eps=0.05, n_directions=4, rho=0.05, ascent_steps=2,\n"
+    "                                           hutchinson=4 if kind == \"lora\" else 0))\n"
+    "pd.DataFrame(rows)",
+    "space = landscape.make_space(final.model, \"lora\")\n"
+    "loss_fn, theta = space.loss_fn(blocks), space.point()\n"
+    "curve = landscape.curve_1d(loss_fn, theta, space.reference(theta), np.linspace(-1, 1, 7), n_directions=3)\n"
+    "ax = plots.sharpness_curves(curve, title=\"LoRA space: 1-D curves\")",
+    "surface = landscape.surface_2d(loss_fn, theta, space.reference(theta), np.linspace(-1, 1, 5))\n"
+    "ax = plots.loss_surface(surface, title=\"LoRA space: 2-D surface\")",
+    "## Sharpness against forgetting\nEach adapter of both sequences (after each task) is one point: its "
+    "eps-sharpness on its own task's training blocks against the rise of the forgetting loss $L_f$ on the "
+    "reference since the base model. Six correlated points only illustrate the call; for the test of "
+    "Li et al.'s claim, run a sweep with `[train] save_adapter = true` and `forgetting-laws "
+    "sharpness-vs-forgetting RUNS_DIR`.",
+    "points = []\n"
+    "for s in spec.sequences():\n"
+    "    lf = df[(df.sequence_id == s.sequence_id) & (df.metric == \"forget_loss\")].set_index(\"after_task\").value\n"
+    "    for k in range(1, 4):\n"
+    "        ad = landscape.load_adapter(continual.adapter_dir(OUT, s, k))\n"
+    "        sp = landscape.make_space(ad.model, \"lora\")\n"
+    "        rep = landscape.sharpness_report(sp, torch.from_numpy(ad.blocks()[0][:4]), n_directions=4, ascent_steps=0)\n"
+    "        points.append({\"method\": s.spec.method.name, \"rank\": k, \"eps_sharpness\": rep[\"eps_sharpness\"],\n"
+    "                       \"forgetting\": lf[k] - lf[0]})\n"
+    "table = pd.DataFrame(points)\n"
+    "corr = landscape.rank_correlation(table.eps_sharpness, table.forgetting, bootstrap=200)\n"
+    "ax = plots.sharpness_scatter(table, corr)  # labels r1..r3: the task index here\ncorr",
+]
+
 NOTEBOOKS = {
     "quickstart.ipynb": [
         "# Quickstart: load a sweep, fit the laws, plot\n\nThe demo sweep fine-tuned SmolLM2-135M with "
@@ -75,6 +165,7 @@ NOTEBOOKS = {
         "from IPython.display import Image\nImage(filename=str(written['fig2_forgetting_vs_ft'][0]))",
         "Image(filename=str(written['fig3_trajectories_forget'][0]))",
     ],
+    "continual_landscape.ipynb": CONTINUAL_LANDSCAPE,
 }
 
 

@@ -128,6 +128,13 @@ class Method(ABC):
         """The method's knobs as parquet columns (only its own knobs)."""
         return {k.column: self.params[k.name] for k in self.knobs}
 
+    # ------------------------------------------------------------------ task sequences
+
+    def end_task(self, train_blocks) -> None:
+        """Called by :mod:`forgetting_laws.continual` after each task of a sequence, with that
+        task's training blocks (N, T) as a numpy array; a method that carries earlier tasks into
+        later ones (a replay pool) takes them here. Nothing by default."""
+
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:

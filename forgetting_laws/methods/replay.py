@@ -73,6 +73,7 @@ class ReplayBase(Method):
         self.pool = None  # torch (M, T) once prepare_data ran
         self.cursor = 0  # replay blocks drawn so far: the stream position
         self._order: np.ndarray | None = None
+        self._tasks_done = 0  # tasks of a continual sequence already added to the pool
 
     @classmethod
     def check_run(cls, spec: "RunSpec") -> None:
@@ -89,6 +90,17 @@ class ReplayBase(Method):
         blocks = replay_pool(self.spec, tokenizer, tokenizer_id)
         self.pool = torch.from_numpy(blocks)
         self._order = np.random.default_rng([self.spec.train.seed, 1]).permutation(len(blocks))
+
+    def end_task(self, train_blocks: np.ndarray) -> None:
+        """In a task sequence, a finished task's training blocks join the replay pool, so later
+        tasks replay it (experience replay over tasks); the stream restarts on a new seeded order.
+        Pool indices held elsewhere (I-LoRA's reservoir) stay valid: blocks are only appended."""
+        import torch
+
+        self.pool = torch.cat([self.pool, torch.from_numpy(train_blocks)])
+        self._tasks_done += 1
+        self._order = np.random.default_rng([self.spec.train.seed, 1, self._tasks_done]).permutation(len(self.pool))
+        self.cursor = 0
 
     def take(self, k: int) -> np.ndarray:
         """The next ``k`` pool indices of the seeded stream (it cycles through the pool)."""
