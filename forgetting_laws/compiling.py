@@ -45,9 +45,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CompilePlan", "CostBook", "plan_compile", "pad_lora", "unpad_lora", "prepare_for_compile",
            "compile_regions", "use_toolkit_inductor_cache", "eager_probes", "record", "group_key"]
 
-#: Priors until this machine has measured its own (see CostBook): SmolLM2-135M, all-linear
-#: LoRA, batch 4 x 128, a 2-core CPU (benchmarks/bench_compile.py). A compilation's cost
-#: depends on the layer's code, not its width, so it is kept in seconds.
+#: Priors until this machine has measured its own (see CostBook), for SmolLM2-135M, all-linear
+#: LoRA, batch 4 x 128, on a 2-core CPU: the speed-up is the whole-model figure (3.1 s -> 1.9 s
+#: a step) discounted for the padding; the cold cost is a regional compilation measured by
+#: benchmarks/bench_compile.py on a loaded machine (54 s). A compilation's cost depends on the
+#: layer's code, not its width, so it is kept in seconds. Each run replaces them by measurements.
 PRIOR_SPEEDUP = 1.45        # eager step / compiled step
 PRIOR_COLD_S = 60.0         # a cold regional compilation (forward and backward of one layer)
 PRIOR_WARM_S = 15.0         # the same from inductor's warm on-disk cache
