@@ -98,7 +98,8 @@ def test_compiled_sweep_equals_eager_sweep_and_compiles_once(tiny_spec_file, tmp
         tables[mode] = load_runs(tmp_path / mode).sort_values(["run_id", "step"]).reset_index(drop=True)
         meta = [json.loads(p.read_text()) for p in (tmp_path / mode).glob("*.json")]
         assert {m["compiled"] for m in meta} == {mode == "true"}
-    # one training graph and one probe graph for the layer, shared by both ranks
+    # shared by both ranks: the layer in training (the first layer's input needs no grad, the
+    # others' does: two graphs) and under no_grad (the probes), and the loss
     assert 0 < graphs <= 4
     eager, compiled = tables["false"], tables["true"]
     assert list(eager["run_id"]) == list(compiled["run_id"])
