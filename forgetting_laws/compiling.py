@@ -57,6 +57,11 @@ PRIOR_WARM_S = 15.0         # the same from inductor's warm on-disk cache
 #: Auto compiles only when the predicted saving exceeds this fraction of the eager time, so an
 #: error in the estimate cannot make a sweep more than a few per cent slower.
 MARGIN = 0.05
+#: Graphs dynamo may keep per compiled function. A sweep compiles the layer once per group
+#: (method, padded rank) in one process, three graphs each (the first layer, whose input needs
+#: no grad, the others, and the probes under no_grad); at dynamo's default of 8 the third group
+#: would silently run eager.
+RECOMPILE_LIMIT = 64
 
 
 # --------------------------------------------------------------------------- the cache
@@ -122,17 +127,25 @@ class CostBook:
 
     def eager_step(self, run: "RunSpec") -> float | None:
         """Seconds per eager step at this run's rank: measured, or interpolated between ranks."""
-        by_rank = {int(r): s for r, s in self.eager.get(_steps_key(run), {}).items()}
+        return self.eager_at(_steps_key(run), run.lora.rank)
+
+    def eager_at(self, family: str, rank: int) -> float | None:
+        """Seconds per eager step of ``family`` (a ``_steps_key``) at ``rank``.
+
+        Between measured ranks the time is interpolated linearly (LoRA's FLOPs are linear in
+        the rank); outside them it is the nearest measured rank's.
+        """
+        by_rank = {int(r): s for r, s in self.eager.get(family, {}).items()}
         if not by_rank:
             return None
-        if run.lora.rank in by_rank:
-            return by_rank[run.lora.rank]
+        if rank in by_rank:
+            return by_rank[rank]
         ranks = sorted(by_rank)
-        lo = max([r for r in ranks if r < run.lora.rank], default=ranks[0])
-        hi = min([r for r in ranks if r > run.lora.rank], default=ranks[-1])
+        lo = max([r for r in ranks if r < rank], default=ranks[0])
+        hi = min([r for r in ranks if r > rank], default=ranks[-1])
         if lo == hi:
             return by_rank[lo]
-        w = (run.lora.rank - lo) / (hi - lo)
+        w = (rank - lo) / (hi - lo)
         return (1 - w) * by_rank[lo] + w * by_rank[hi]
 
 
@@ -151,75 +164,147 @@ def _warm_marker(key: str) -> Path:
     return cache_dir() / "compile" / f"{key}.warm"
 
 
-def _measure_eager(runs: list["RunSpec"], book: CostBook) -> None:
-    """Time a few eager steps of the smallest and largest rank not yet in ``book`` (and record)."""
-    from .models import load_model
-    from .sweep import _time_steps
-    from .train import resolve_device
-
-    missing = [r for r in runs if book.eager_step(r) is None]
-    if not missing:
-        return
-    import torch
-
-    by_rank = sorted({r.lora.rank: r for r in missing}.items())
-    model, _ = load_model(missing[0].model.name, resolve_device(missing[0])[1])
-    with torch.random.fork_rng():  # the measurement must not move the runs' random streams
-        for run in {by_rank[0][1].run_id: by_rank[0][1], by_rank[-1][1].run_id: by_rank[-1][1]}.values():
-            seconds = _time_steps(run, model) / run.train.grad_accum
-            book.eager.setdefault(_steps_key(run), {})[str(run.lora.rank)] = seconds
-    book.save()
+def _steps(run: "RunSpec") -> int:
+    return run.train.max_steps * run.train.grad_accum
 
 
-def _group_saving(runs: list["RunSpec"], key: str, book: CostBook) -> tuple[float, float, str]:
-    """(predicted seconds saved, eager seconds) of compiling ``runs`` together, and the basis."""
-    _measure_eager(runs, book)
-    eager = [book.eager_step(r) for r in runs]
-    steps = [r.train.max_steps * r.train.grad_accum for r in runs]
-    compiled = book.compiled.get(key)
-    if compiled is None:
-        compiled = max(eager) / PRIOR_SPEEDUP  # padded to the largest rank
+def _compile_cost(book: CostBook, key: str, family: str) -> tuple[float, bool, bool]:
+    """(seconds, warm cache?, measured?) of compiling group ``key``.
+
+    A group not compiled yet on this machine costs what the last cold compilation of its family
+    (same model, shapes, method) cost: the cost depends on the layer's code, not its width.
+    """
+    if key in _COMPILED_HERE:
+        return 0.0, True, True  # this process already holds the graph
     warm = _warm_marker(key).exists()
-    cost = (book.warm if warm else book.cold).get(key)
-    basis = "measured" if cost is not None and key in book.compiled else "prior"
-    if cost is None:
-        cost = PRIOR_WARM_S if warm else PRIOR_COLD_S
-    eager_total = sum(n * e for n, e in zip(steps, eager))
-    saving = eager_total - sum(steps) * compiled - cost
-    return saving, eager_total, f"{basis} costs, {'warm' if warm else 'cold'} cache"
+    costs = book.warm if warm else book.cold
+    for known in (key, family):
+        if known in costs:
+            return costs[known], warm, True
+    return (PRIOR_WARM_S if warm else PRIOR_COLD_S), warm, False
+
+
+@dataclass
+class _Segment:
+    """Runs of consecutive ranks compiled together (padded to ``pad``), or run eagerly."""
+
+    runs: list
+    compile: bool
+    pad: int
+    key: str
+    seconds: float        # predicted wall time, compilation included
+    eager_seconds: float  # predicted wall time without compiling
+    basis: str
+
+    @property
+    def saving(self) -> float:
+        return (self.eager_seconds - self.seconds) / max(self.eager_seconds, 1e-9)
+
+
+def _segment(runs: list, book: CostBook, compile: bool) -> _Segment:
+    """Predicted cost of ``runs`` (one family, sorted by rank) compiled together, or eager."""
+    family, pad = _steps_key(runs[0]), max(r.lora.rank for r in runs)
+    key = group_key(runs[0], pad)
+    eager = sum(_steps(r) * book.eager_at(family, r.lora.rank) for r in runs)
+    if not compile:
+        return _Segment(runs, False, pad, key, eager, eager, "")
+    step = book.compiled.get(key)
+    measured_step = step is not None
+    if step is None:
+        step = book.eager_at(family, pad) / PRIOR_SPEEDUP
+    cost, warm, measured_cost = _compile_cost(book, key, family)
+    seconds = cost + sum(_steps(r) for r in runs) * step
+    basis = (f"{'measured' if measured_step and measured_cost else 'prior'} costs, "
+             f"{'warm' if warm else 'cold'} cache")
+    return _Segment(runs, True, pad, key, seconds, eager, basis)
+
+
+def _partition(runs: list, book: CostBook) -> list[_Segment]:
+    """The fastest split of one family's runs into segments of consecutive ranks.
+
+    Each segment is compiled once, padded to its largest rank, or (only if all of its runs are
+    ``"auto"``) runs eagerly. Padding a small rank to a large one costs its LoRA FLOPs, a new
+    segment costs a compilation: dynamic programming over the sorted ranks weighs the two.
+    A compiled segment must also beat its eager time by ``MARGIN``, so that an error in the
+    estimates cannot make a sweep more than a few per cent slower.
+    """
+    ranks = sorted({r.lora.rank for r in runs})
+    at = {rank: [r for r in runs if r.lora.rank == rank] for rank in ranks}
+    best: list[tuple[float, list[_Segment]]] = [(0.0, [])]
+    for j in range(len(ranks)):
+        options = []
+        for i in range(j + 1):
+            members = [r for rank in ranks[i:j + 1] for r in at[rank]]
+            compiled = _segment(members, book, True)
+            options.append((best[i][0] + compiled.seconds + MARGIN * compiled.eager_seconds,
+                            best[i][1] + [compiled]))
+            if all(r.train.compile == "auto" for r in members):
+                eager = _segment(members, book, False)
+                options.append((best[i][0] + eager.seconds, best[i][1] + [eager]))
+        best.append(min(options, key=lambda option: option[0]))
+    return best[-1][1]
+
+
+def _reason(segment: _Segment, book: CostBook) -> str:
+    if segment.compile:
+        ranks = sorted({r.lora.rank for r in segment.runs})
+        return (f"auto: ranks {ranks} compiled together, padded to {segment.pad}: predicted saving "
+                f"{segment.saving:+.0%} of their eager time ({segment.basis})")
+    alone = _segment(segment.runs, book, True)
+    return (f"auto: eager; compiling would give a predicted saving of {alone.saving:+.0%} of the "
+            f"eager time, under the {MARGIN:.0%} it needs ({alone.basis})")
 
 
 def plan_compile(runs: Iterable["RunSpec"], book: CostBook | None = None) -> dict[str, CompilePlan]:
     """A :class:`CompilePlan` per run id for runs executed one after another in one process.
 
-    Runs that share a compiled graph (same model, shapes, method, device) form a group padded to
-    its largest rank. ``train.compile = true`` compiles, ``false`` does not, ``"auto"`` compiles a
-    group when the predicted saving over its steps exceeds the compilation cost by ``MARGIN``
-    of the eager time. Probes run compiled when training does (their shapes are fixed, so the
-    forward graph is compiled once per group; see :func:`prepare_for_compile`).
+    Runs that can share a compiled graph (same model, shapes, method, device) form a family.
+    ``train.compile = true`` compiles, ``false`` does not. Without ``"auto"`` runs a family is
+    compiled once, padded to its largest rank. With them, the family is split into segments of
+    consecutive ranks (:func:`_partition`), each compiled once padded to its largest rank or
+    left eager, whichever the measured (or prior) step times and compilation costs predict is
+    fastest. A family never timed eagerly on this machine runs eagerly: executors plan again
+    before each run (:func:`plan_compile` on the runs still to do), so only the first run of a
+    sweep pays for the measurement, and a graph this process already holds costs nothing.
+    Probes run compiled when training does (their shapes are fixed, so the forward
+    graph is compiled once per segment; see :func:`prepare_for_compile`).
     """
     runs = list(runs)
     book = book or CostBook.load()
-    groups: dict[str, list] = {}
+    families: dict[str, list] = {}
     for run in runs:
-        groups.setdefault(_steps_key(run), []).append(run)
+        families.setdefault(_steps_key(run), []).append(run)
     plans: dict[str, CompilePlan] = {}
-    for members in groups.values():
-        wanted = [r for r in members if r.train.compile is not False]
-        pad = max((r.lora.rank for r in wanted), default=None)
-        key = group_key(members[0], pad or 0)
-        auto = [r for r in wanted if r.train.compile == "auto"]
-        decision, reason = True, "compile = true"
-        if auto:
-            saving, eager_total, basis = _group_saving(wanted, key, book)
-            decision = saving > MARGIN * eager_total
-            reason = (f"auto: predicted saving {saving / max(eager_total, 1e-9):+.0%} of the eager time "
-                      f"over {len(wanted)} run(s) ({basis})")
+    for members in families.values():
         for run in members:
-            on = run.train.compile is True or (run.train.compile == "auto" and decision)
-            plans[run.run_id] = (CompilePlan(True, pad, True, key, reason) if on
-                                 else CompilePlan(reason="compile = false" if run.train.compile is False
-                                                  else reason))
+            if run.train.compile is False:
+                plans[run.run_id] = CompilePlan(reason="compile = false")
+        wanted = [r for r in members if r.train.compile is not False]
+        if not wanted:
+            continue
+        if not any(r.train.compile == "auto" for r in wanted):
+            pad = max(r.lora.rank for r in wanted)
+            key = group_key(wanted[0], pad)
+            plans.update({r.run_id: CompilePlan(True, pad, True, key, "compile = true") for r in wanted})
+            continue
+        if any(book.eager_step(r) is None for r in wanted if r.train.compile == "auto"):
+            # nothing to weigh yet: a short calibration misjudges a step that needs several
+            # steps to warm up (by up to 30% on SmolLM2), so the first run measures it instead
+            # and the executor plans the rest with it (plan again before each run)
+            for run in wanted:
+                plans[run.run_id] = (CompilePlan(True, run.lora.rank, True, group_key(run, run.lora.rank),
+                                                 "compile = true") if run.train.compile is True else
+                                     CompilePlan(reason="auto: eager until this machine has timed an eager "
+                                                        "step of this model and shapes (this run does)"))
+            continue
+        for segment in _partition(wanted, book):
+            reason = _reason(segment, book)
+            for run in segment.runs:
+                if segment.compile:
+                    why = reason if run.train.compile == "auto" else "compile = true"
+                    plans[run.run_id] = CompilePlan(True, segment.pad, True, segment.key, why)
+                else:
+                    plans[run.run_id] = CompilePlan(reason=reason)
     return plans
 
 
@@ -305,7 +390,11 @@ def compile_regions(model) -> int:
     The training loss is compiled too (its own small region): fused, the log-softmax over the
     vocabulary and its backward cost about half as much as eager (~0.1 s of a SmolLM2 step).
     """
+    import torch
+
     use_toolkit_inductor_cache()
+    limit = torch._dynamo.config
+    limit.recompile_limit = max(limit.recompile_limit, RECOMPILE_LIMIT)
     blocks = _repeated_blocks(model)
     for block in blocks or [model]:
         block.compile()
@@ -374,7 +463,8 @@ def record(run: "RunSpec", plan: CompilePlan, times: list[float]) -> None:
         if plan.key not in _COMPILED_HERE:  # this run paid the compilation in its first step
             first = times[0] - steady
             marker = _warm_marker(plan.key)
-            (book.warm if marker.exists() else book.cold)[plan.key] = max(first, 0.0)
+            costs = book.warm if marker.exists() else book.cold
+            costs[plan.key] = costs[_steps_key(run)] = max(first, 0.0)  # the family's latest too
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
     book.save()

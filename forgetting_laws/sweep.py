@@ -84,18 +84,22 @@ def _local(runs: list[RunSpec], runs_dir: Path, progress: bool = True) -> list[d
     """Run each run in this process, one after another, with run and step progress bars.
 
     Runs that share a compiled graph are planned together (:func:`compiling.plan_compile`), so a
-    sweep compiles once and ``compile = "auto"`` weighs the cost against all their steps.
+    sweep compiles once and ``compile = "auto"`` weighs the cost against all their steps. The
+    plan is made again before each run with what the runs before it measured.
     """
     from .compiling import plan_compile
 
-    plans = plan_compile(runs)
-    for reason in sorted({p.reason for p in plans.values()} - {"compile = false"}):
-        tqdm.write(f"compilation: {reason}")
-    outcomes = []
+    todo = [run for run in runs if run_status(runs_dir, run.run_id) not in COMPLETE]
+    outcomes, said = [], set()
     with tqdm(total=len(runs), desc="runs", position=0, disable=not progress) as runs_bar, \
          tqdm(total=1, desc="steps", position=1, leave=False, disable=not progress) as steps_bar:
         for run in runs:
-            outcome = _run_with_bar(run, runs_dir, steps_bar, plans[run.run_id])
+            plan = plan_compile([run] + [r for r in todo if r.run_id != run.run_id])[run.run_id]
+            todo = [r for r in todo if r.run_id != run.run_id]
+            if plan.reason not in said | {"compile = false"}:
+                tqdm.write(f"compilation: {plan.reason}")
+                said.add(plan.reason)
+            outcome = _run_with_bar(run, runs_dir, steps_bar, plan)
             if outcome["status"] == "diverged":
                 tqdm.write(f"run {run.run_id} diverged (non-finite loss); its rows so far are kept")
             outcomes.append(outcome)

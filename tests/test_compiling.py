@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from forgetting_laws.compiling import CompilePlan, CostBook, group_key, pad_lora, plan_compile, unpad_lora
+from forgetting_laws.compiling import (CompilePlan, CostBook, group_key, pad_lora, plan_compile,
+                                      prepare_for_compile, unpad_lora)
 from forgetting_laws.config import ConfigError, SweepSpec, load_spec
 from forgetting_laws.methods.lora import lora_model
 from forgetting_laws.models import load_model
@@ -61,21 +62,47 @@ def test_auto_compiles_when_the_steps_repay_the_compilation():
     key = group_key(runs[0], 4)
     book = CostBook(eager={group_key(runs[0], 0): {"1": 1.0, "4": 1.0}}, compiled={key: 0.6}, cold={key: 50.0})
     assert all(p.compile for p in plan_compile(runs, book).values())  # 300 steps x 0.4 s > 50 s
-    book.cold[key] = 200.0
+    book.cold[key] = book.cold[group_key(runs[0], 0)] = 200.0  # compiling costs 200 s here
     plans = plan_compile(runs, book)
-    assert not any(p.compile for p in plans.values())  # 120 s saved < 200 s
+    assert not any(p.compile for p in plans.values())  # 120 s saved < 200 s, smaller pads too
     assert "predicted saving" in next(iter(plans.values())).reason
     short = _spec(compile="auto", max_steps=20).expand()
     assert not any(p.compile for p in plan_compile(short, CostBook(eager=book.eager)).values())
 
 
-def test_auto_measures_eager_steps_it_has_not_seen(tmp_path, monkeypatch):
-    monkeypatch.setenv("FORGETTING_LAWS_CACHE", str(tmp_path))
-    runs = _spec(compile="auto").expand()
-    plan_compile(runs)
-    book = CostBook.load()
-    assert all(book.eager_step(r) > 0 for r in runs)  # measured ranks 1 and 4, 2 interpolated
-    assert set(next(iter(book.eager.values()))) == {"1", "4"}
+def test_auto_splits_the_ranks_where_padding_costs_more_than_a_compilation():
+    spec = SweepSpec.from_dict({"model": {"name": "tiny-random-llama"},
+                                "train": {"compile": "auto", "max_steps": 200},
+                                "grid": {"lora.rank": [64, 1, 2]}})
+    runs = spec.expand()
+    family = group_key(runs[0], 0)
+    book = CostBook(eager={family: {"1": 1.0, "64": 3.0}}, cold={family: 10.0})
+    plans = {r.lora.rank: plan_compile(runs, book)[r.run_id] for r in runs}
+    # padding ranks 1 and 2 to 64 would triple their steps; two compilations cost 20 s
+    assert all(p.compile for p in plans.values())
+    assert (plans[1].pad_rank, plans[2].pad_rank, plans[64].pad_rank) == (2, 2, 64)
+    assert plans[1].key == plans[2].key != plans[64].key
+    assert "ranks [1, 2] compiled together, padded to 2" in plans[1].reason
+    forced = SweepSpec.from_dict({**spec.to_dict(), "train": {"compile": True, "max_steps": 200}})
+    assert {p.pad_rank for p in plan_compile(forced.expand(), book).values()} == {64}
+
+
+def test_auto_runs_eagerly_until_an_eager_step_is_measured_and_a_held_graph_is_free():
+    runs = _spec(compile="auto", max_steps=100).expand()
+    plans = plan_compile(runs, CostBook())
+    assert not any(p.compile for p in plans.values())
+    assert all("this run does" in p.reason for p in plans.values())
+    # measured: eager 1 s, compiled 0.9 s, but compiling costs 60 s: not worth it for 300 steps
+    key = group_key(runs[0], 4)
+    book = CostBook(eager={group_key(runs[0], 0): {"1": 1.0, "4": 1.0}}, compiled={key: 0.9},
+                    cold={key: 60.0, group_key(runs[0], 0): 60.0})
+    assert not any(p.compile for p in plan_compile(runs, book).values())
+    from forgetting_laws import compiling
+    compiling._COMPILED_HERE.add(key)  # ... unless this process already holds the graph
+    try:
+        assert all(p.compile and p.key == key for p in plan_compile(runs, book).values())
+    finally:
+        compiling._COMPILED_HERE.discard(key)
 
 
 def test_compile_field_is_checked():
@@ -106,3 +133,19 @@ def test_compiled_sweep_equals_eager_sweep_and_compiles_once(tiny_spec_file, tmp
     assert (eager["trainable_params"] == compiled["trainable_params"]).all()  # the true rank's P
     for col in ("ft_loss", "forget_loss", "ref_loss", "ft_train_loss"):
         pd.testing.assert_series_equal(eager[col], compiled[col], rtol=2e-4, atol=2e-5, check_names=False)
+
+
+def test_each_group_of_a_sweep_gets_its_own_compiled_graphs():
+    """Groups compiled one after another in a process must not run into dynamo's recompile limit."""
+    from torch._dynamo.utils import counters
+
+    base, _ = load_model("tiny-random-llama")
+    ids = torch.randint(0, 200, (2, 16))
+    before = counters["stats"]["unique_graphs"]
+    for pad in (2, 3, 5, 6):  # four groups: 3 layer graphs each, and the loss's
+        model = lora_model(copy.deepcopy(base), _spec().expand()[0])
+        prepare_for_compile(model, CompilePlan(True, pad_rank=pad, probes=True, key=f"g{pad}"))
+        model(input_ids=ids, labels=ids).loss.backward()
+        with torch.no_grad():
+            model(input_ids=ids)
+    assert counters["stats"]["unique_graphs"] - before >= 4 * 3
