@@ -385,6 +385,11 @@ def _repeated_blocks(model) -> list:
 def compile_regions(model) -> int:
     """Compile the repeated blocks of ``model`` in place (``Module.compile``); return how many.
 
+    Shapes are static (``dynamic=False``): a layer sees the probes' batch and the training
+    batch, and dynamo's automatic dynamic shapes would otherwise recompile whichever came second
+    with a symbolic batch, a slower graph whose form (and so inductor's cache key) depends on
+    which came first, so a repeated sweep that skips a cached probe missed the disk cache.
+
     A model without repeated blocks is compiled whole. In-place compilation keeps every module
     and parameter where it was, so checkpoints, state dicts and PEFT's saving are unchanged.
     The training loss is compiled too (its own small region): fused, the log-softmax over the
@@ -397,7 +402,7 @@ def compile_regions(model) -> int:
     limit.recompile_limit = max(limit.recompile_limit, RECOMPILE_LIMIT)
     blocks = _repeated_blocks(model)
     for block in blocks or [model]:
-        block.compile()
+        block.compile(dynamic=False)
     if blocks:
         _compile_loss(model)
     return len(blocks) or 1
@@ -412,7 +417,7 @@ def _compile_loss(model) -> None:
         return  # not a transformers model: its loss is whatever its forward computes
     loss = base.loss_function
     if not getattr(loss, "_forgetting_laws_compiled", False):
-        compiled = torch.compile(loss)
+        compiled = torch.compile(loss, dynamic=False)
         compiled._forgetting_laws_compiled = True
         base.loss_function = compiled
 

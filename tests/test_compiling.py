@@ -149,3 +149,26 @@ def test_each_group_of_a_sweep_gets_its_own_compiled_graphs():
         with torch.no_grad():
             model(input_ids=ids)
     assert counters["stats"]["unique_graphs"] - before >= 4 * 3
+
+
+def test_compiled_layers_keep_static_shapes_whatever_batch_comes_first():
+    """A probe batch before the training batch must not turn the training graph dynamic.
+
+    With dynamo's automatic dynamic shapes the second batch size seen would get a symbolic
+    batch (a slower graph, and one whose cache key depends on the order, so a repeated sweep
+    missed inductor's disk cache). Static graphs specialise on each size: a third size compiles
+    a third graph instead of reusing a symbolic one.
+    """
+    from torch._dynamo.utils import counters
+
+    base, _ = load_model("tiny-random-llama")
+    model = lora_model(copy.deepcopy(base), _spec().expand()[0])
+    prepare_for_compile(model, CompilePlan(True, pad_rank=None, probes=True, key="static"))
+    graphs = []
+    for batch in (3, 2, 5):
+        ids = torch.randint(0, 200, (batch, 16), generator=torch.Generator().manual_seed(batch))
+        before = counters["stats"]["unique_graphs"]
+        with torch.no_grad():
+            model(input_ids=ids)
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert graphs[2] == graphs[0] > 0  # the third size is compiled like the first, not reused
