@@ -16,6 +16,7 @@ import argparse
 import os
 import tempfile
 import time
+from typing import Callable
 
 import torch
 
@@ -45,17 +46,24 @@ def bench_load(model_name: str) -> None:
           f"{second:6.2f} s | ratio {first / second:6.1f}x faster")
 
 
-def hand_loop(model, blocks: torch.Tensor, steps: int, lr: float) -> float:
-    """Seconds for ``steps`` plain AdamW steps (after one warm-up step)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+def hand_loop_step(model, blocks: torch.Tensor, lr: float) -> Callable[[int], None]:
+    """One plain AdamW step on batch ``i`` of ``blocks``: the eager baseline the benchmarks name."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
 
     def step(i: int) -> None:
         ids = blocks[i % len(blocks)]
         model(input_ids=ids, labels=ids).loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def hand_loop(model, blocks: torch.Tensor, steps: int, lr: float) -> float:
+    """Seconds for ``steps`` plain AdamW steps (after one warm-up step)."""
+    step = hand_loop_step(model, blocks, lr)
     step(0)
     return _timed(lambda: [step(i) for i in range(1, steps + 1)])
 
