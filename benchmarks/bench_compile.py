@@ -201,11 +201,12 @@ def bench_sweep(model_name: str, steps: int, ranks: list[int]) -> None:
         runs = {name: _metas(tmp / name) for name in specs}
     pairs = sorted(runs["false"][r]["wall_s"] / runs["auto"][r]["wall_s"] for r in runs["auto"])
     compiled = sorted(r for r, m in runs["auto"].items() if m.get("compiled"))
-    reasons = sorted({m.get("compile_reason") for m in runs["auto"].values()})
+    reasons = [f"rank {r}: {runs['auto'][r].get('compile_reason')}" for r in sorted(runs["auto"])]
     print(f"sweep  {len(ranks)} ranks x {steps} steps, the two sweeps taking turns run by run: compile = false "
           f"{secs['false'] / 60:5.1f} min | compile = 'auto' {secs['auto'] / 60:5.1f} min | ratio "
           f"{secs['false'] / secs['auto']:4.2f}x (goal >= 0.98); per-run ratios {pairs[0]:4.2f}x to {pairs[-1]:4.2f}x")
-    print(f"sweep  'auto' compiled ranks {compiled or 'none'}; its reasons: {'; '.join(reasons)}")
+    print(f"sweep  'auto' compiled ranks {compiled or 'none'}; its plan for each rank:\n       "
+          + "\n       ".join(reasons))
 
 
 def bench_cache(model_name: str, steps: int, ranks: list[int]) -> None:
