@@ -53,7 +53,7 @@ __all__ = ["CompilePlan", "CostBook", "plan_compile", "pad_lora", "unpad_lora", 
 #: Each compiled run replaces them by this machine's measurements.
 PRIOR_SPEEDUP = 1.35        # eager step / compiled step
 PRIOR_COLD_S = 40.0         # a cold regional compilation (layer forward/backward, probe, loss)
-PRIOR_WARM_S = 15.0         # the same from inductor's warm on-disk cache
+PRIOR_WARM_S = 6.0          # the same from inductor's warm on-disk cache (2.9-5.3 s measured)
 #: Auto compiles only when the predicted saving exceeds this fraction of the eager time, so an
 #: error in the estimate cannot make a sweep more than a few per cent slower.
 MARGIN = 0.05
@@ -97,15 +97,19 @@ def _steps_key(run: "RunSpec") -> str:
 class CostBook:
     """Measured step times and compilation costs on this machine, in ``cache_dir()/compile``.
 
-    ``eager[steps_key][rank]`` and ``compiled[group_key]`` are seconds per step;
-    ``cold[group_key]`` / ``warm[group_key]`` seconds of compilation without / with inductor's
-    on-disk cache.
+    ``eager[steps_key][rank]``, ``compiled[group_key]`` and ``compiled_at[steps_key][pad]``
+    are seconds per step; ``cold[group_key]`` / ``warm[group_key]`` seconds of compilation
+    without / with inductor's on-disk cache; ``per_rank[steps_key]`` the work one LoRA rank adds
+    to a step, as a fraction of the frozen model's (its parameters per rank over the frozen
+    parameters: a step's matmul FLOPs are proportional to the parameters they touch).
     """
 
     eager: dict[str, dict[str, float]] = field(default_factory=dict)
     compiled: dict[str, float] = field(default_factory=dict)
     cold: dict[str, float] = field(default_factory=dict)
     warm: dict[str, float] = field(default_factory=dict)
+    compiled_at: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_rank: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def path() -> Path:
@@ -133,20 +137,41 @@ class CostBook:
         """Seconds per eager step of ``family`` (a ``_steps_key``) at ``rank``.
 
         Between measured ranks the time is interpolated linearly (LoRA's FLOPs are linear in
-        the rank); outside them it is the nearest measured rank's.
+        the rank); beyond them it is extrapolated from the nearest measured rank with the
+        steeper of the measured slope and the FLOPs' slope (``per_rank``), so one measured
+        rank (a sweep's first run) does not make rank 1024 look as cheap as rank 1.
         """
-        by_rank = {int(r): s for r, s in self.eager.get(family, {}).items()}
+        return self._at(self.eager.get(family, {}), rank, self.per_rank.get(family, 0.0))
+
+    def compiled_step(self, family: str, key: str, pad: int) -> float | None:
+        """Seconds per compiled step of group ``key`` (``family`` padded to ``pad``), if known.
+
+        Measured for this group, or scaled from the family's nearest measured pad (the
+        compiled step at another width is a better guide than a prior speed-up).
+        """
+        if key in self.compiled:
+            return self.compiled[key]
+        return self._at(self.compiled_at.get(family, {}), pad, self.per_rank.get(family, 0.0))
+
+    @staticmethod
+    def _at(measured: dict[str, float], rank: int, per_rank: float) -> float | None:
+        by_rank = {int(r): s for r, s in measured.items()}
         if not by_rank:
             return None
         if rank in by_rank:
             return by_rank[rank]
         ranks = sorted(by_rank)
-        lo = max([r for r in ranks if r < rank], default=ranks[0])
-        hi = min([r for r in ranks if r > rank], default=ranks[-1])
-        if lo == hi:
-            return by_rank[lo]
-        w = (rank - lo) / (hi - lo)
-        return (1 - w) * by_rank[lo] + w * by_rank[hi]
+        lo = max([r for r in ranks if r < rank], default=None)
+        hi = min([r for r in ranks if r > rank], default=None)
+        if lo is not None and hi is not None:
+            w = (rank - lo) / (hi - lo)
+            return (1 - w) * by_rank[lo] + w * by_rank[hi]
+        near = lo if lo is not None else hi
+        slope = by_rank[near] * per_rank / (1 + per_rank * near)  # seconds per rank, from FLOPs
+        if len(ranks) >= 2:
+            a, b = (ranks[-2], ranks[-1]) if lo is not None else (ranks[0], ranks[1])
+            slope = max(slope, (by_rank[b] - by_rank[a]) / (b - a))
+        return max(by_rank[near] + slope * (rank - near), 0.0)
 
 
 @dataclass
@@ -208,7 +233,7 @@ def _segment(runs: list, book: CostBook, compile: bool) -> _Segment:
     eager = sum(_steps(r) * book.eager_at(family, r.lora.rank) for r in runs)
     if not compile:
         return _Segment(runs, False, pad, key, eager, eager, "")
-    step = book.compiled.get(key)
+    step = book.compiled_step(family, key, pad)
     measured_step = step is not None
     if step is None:
         step = book.eager_at(family, pad) / PRIOR_SPEEDUP
@@ -455,16 +480,24 @@ def steady_step(times: list[float]) -> float | None:
     return statistics.median(rest) if len(rest) >= 3 else None
 
 
-def record(run: "RunSpec", plan: CompilePlan, times: list[float]) -> None:
-    """Add what this run measured (its step times) to the :class:`CostBook`."""
+def record(run: "RunSpec", plan: CompilePlan, times: list[float], per_rank: float | None = None) -> None:
+    """Add what this run measured (its step times) to the :class:`CostBook`.
+
+    ``per_rank`` is the work one LoRA rank adds to a step, relative to the frozen model
+    (:attr:`CostBook.per_rank`).
+    """
     steady = steady_step(times)
     if steady is None:
         return
     book = CostBook.load()
+    family = _steps_key(run)
+    if per_rank is not None:
+        book.per_rank[family] = per_rank
     if not plan.compile:
-        book.eager.setdefault(_steps_key(run), {})[str(run.lora.rank)] = steady
+        book.eager.setdefault(family, {})[str(run.lora.rank)] = steady
     else:
         book.compiled[plan.key] = steady
+        book.compiled_at.setdefault(family, {})[str(plan.pad_rank or run.lora.rank)] = steady
         if plan.key not in _COMPILED_HERE:  # this run paid the compilation in its first step
             first = times[0] - steady
             marker = _warm_marker(plan.key)

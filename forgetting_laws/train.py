@@ -413,7 +413,8 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     timer = StepTimer()
     trainer = build_trainer(spec, method, model, train, ckpt_dir, [callback, timer], device, dtype)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    record(spec, plan, timer.times)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    record(spec, plan, timer.times, per_rank=trainable / spec.lora.rank / max(frozen, 1))
     mark_compiled(plan)
 
     status = "diverged" if callback.diverged else "complete"

@@ -105,6 +105,46 @@ def test_auto_runs_eagerly_until_an_eager_step_is_measured_and_a_held_graph_is_f
         compiling._COMPILED_HERE.discard(key)
 
 
+def test_step_times_beyond_the_measured_ranks_grow_with_the_flops():
+    f = "family"
+    book = CostBook(eager={f: {"1": 3.0}}, per_rank={f: 0.0023})
+    # one measured rank: the FLOPs' slope, 3.0 * 0.0023 / 1.0023 s per rank
+    assert book.eager_at(f, 64) == pytest.approx(3.0 + 63 * 3.0 * 0.0023 / 1.0023)
+    assert book.eager_at(f, 1) == 3.0
+    assert CostBook(eager={f: {"1": 3.0}}).eager_at(f, 64) == 3.0  # no FLOP count: flat, as before
+    book.eager[f]["16"] = 3.3  # two measured ranks: the steeper of the measured and FLOP slopes
+    assert book.eager_at(f, 64) == pytest.approx(3.3 + 48 * 0.3 / 15)
+    assert book.eager_at(f, 8) == pytest.approx(3.0 + 7 * 0.3 / 15)  # between: interpolated
+    # a compiled step at a pad never measured is scaled from the family's measured pad
+    book.compiled_at[f] = {"64": 3.03}
+    assert book.compiled_step(f, "key-16", 16) == pytest.approx(3.03 - 48 * 3.03 * 0.0023 / (1 + 0.0023 * 64))
+    book.compiled["key-16"] = 2.95
+    assert book.compiled_step(f, "key-16", 16) == 2.95
+    assert CostBook().compiled_step(f, "key-16", 16) is None
+
+
+def test_auto_compiles_a_large_rank_that_one_measured_small_rank_would_have_hidden():
+    """Measured in a real 4-rank sweep: eager 3.00 s at rank 1; after rank 4 ran compiled,
+    padded to 64, at 3.03 s a step. With the old flat extrapolation rank 64 looked as cheap
+    eagerly (3.00 s) and ran eager at 3.90 s; the FLOPs say it costs more, so the held graph wins.
+    """
+    from forgetting_laws import compiling
+
+    run = SweepSpec.from_dict({"model": {"name": "tiny-random-llama"}, "train": {"compile": "auto", "max_steps": 60},
+                               "lora": {"rank": 64}}).expand()[0]
+    family, key = group_key(run, 0), group_key(run, 64)
+    book = CostBook(eager={family: {"1": 3.0}}, compiled={key: 3.03}, compiled_at={family: {"64": 3.03}},
+                    cold={key: 31.4, family: 31.4}, per_rank={family: 0.0023})
+    compiling._COMPILED_HERE.add(key)
+    try:
+        plan = plan_compile([run], book)[run.run_id]
+        assert plan.compile and plan.pad_rank == 64, plan.reason
+        book.per_rank.clear()
+        assert not plan_compile([run], book)[run.run_id].compile  # flat: -1%, under the margin
+    finally:
+        compiling._COMPILED_HERE.discard(key)
+
+
 def test_compile_field_is_checked():
     with pytest.raises(ConfigError, match=r"train.compile = 'yes'; use true, false or \"auto\""):
         _spec(compile="yes")
@@ -128,6 +168,12 @@ def test_compiled_sweep_equals_eager_sweep_and_compiles_once(tiny_spec_file, tmp
     # shared by both ranks: the layer in training (the first layer's input needs no grad, the
     # others' does: two graphs) and under no_grad (the probes), and the loss
     assert 0 < graphs <= 4
+    book, family = CostBook.load(), group_key(spec.expand()[0], 0)  # what the runs recorded
+    assert set(book.eager[family]) >= {"1", "4"} and set(book.compiled_at[family]) >= {"4"}
+    lora = lora_model(load_model("tiny-random-llama")[0], spec.expand()[0])  # rank 1
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in lora.parameters() if not p.requires_grad)
+    assert book.per_rank[family] == pytest.approx(trainable / frozen)
     eager, compiled = tables["false"], tables["true"]
     assert list(eager["run_id"]) == list(compiled["run_id"])
     assert (eager["trainable_params"] == compiled["trainable_params"]).all()  # the true rank's P
