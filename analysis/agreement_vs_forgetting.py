@@ -3,7 +3,7 @@
 Usage: python analysis/agreement_vs_forgetting.py RUNS_DIR [-o FIGURES_DIR]
 """
 
-from forgetting_laws.study import figure_script
+from forgetting_laws.analyse.standard import figure_script
 
 if __name__ == "__main__":
     figure_script("agreement_vs_forgetting")

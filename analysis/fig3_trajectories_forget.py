@@ -3,7 +3,7 @@
 Usage: python analysis/fig3_trajectories_forget.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
 """
 
-from forgetting_laws.study import figure_script
+from forgetting_laws.analyse.standard import figure_script
 
 if __name__ == "__main__":
     figure_script("fig3_trajectories_forget")

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from forgetting_laws import sweep
+from forgetting_laws.measure import sweep
 
 DIR = Path(os.environ["FL_BENCH_TURNS"])
 ME, OTHER = os.environ["FL_BENCH_ME"], os.environ["FL_BENCH_OTHER"]

@@ -42,8 +42,8 @@ def _fresh_cache() -> str:
 
 def _trainer_steps(spec, model, train, steps: int, callbacks=()) -> tuple[list[float], float]:
     """Per-step seconds of the toolkit's Trainer run (``steps`` steps) and its last loss."""
-    from forgetting_laws.methods import make_method
-    from forgetting_laws.train import StepTimer, build_trainer, resolve_device
+    from forgetting_laws.measure.methods import make_method
+    from forgetting_laws.measure.train import StepTimer, build_trainer, resolve_device
 
     timer = StepTimer()
     spec.train.max_steps = steps
@@ -64,11 +64,11 @@ def bench_step(model_name: str, steps: int) -> None:
     """
     from transformers import TrainerCallback
 
-    from forgetting_laws.compiling import CompilePlan, prepare_for_compile, steady_step
-    from forgetting_laws.config import SweepSpec
-    from forgetting_laws.methods.lora import lora_model
-    from forgetting_laws.models import load_model, model_fingerprint
-    from forgetting_laws.train import prepare_data
+    from forgetting_laws.measure.compiling import CompilePlan, prepare_for_compile, steady_step
+    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.methods.lora import lora_model
+    from forgetting_laws.measure.models import load_model, model_fingerprint
+    from forgetting_laws.measure.train import prepare_data
 
     _fresh_cache()
     spec = SweepSpec.from_dict({"model": {"name": model_name}, "lora": {"rank": 8}}).base
@@ -100,12 +100,12 @@ def bench_step(model_name: str, steps: int) -> None:
 
 
 def bench_probe(model_name: str) -> None:
-    from forgetting_laws.compiling import CompilePlan, prepare_for_compile
-    from forgetting_laws.config import SweepSpec
-    from forgetting_laws.methods.lora import lora_model
-    from forgetting_laws.models import load_model, model_fingerprint
-    from forgetting_laws.probes import ProbeData, base_targets, probe
-    from forgetting_laws.train import prepare_data
+    from forgetting_laws.measure.compiling import CompilePlan, prepare_for_compile
+    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.methods.lora import lora_model
+    from forgetting_laws.measure.models import load_model, model_fingerprint
+    from forgetting_laws.measure.probes import ProbeData, base_targets, probe
+    from forgetting_laws.measure.train import prepare_data
 
     spec = SweepSpec.from_dict({"model": {"name": model_name}}).base
     model, tok = load_model(model_name)

@@ -28,9 +28,9 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from forgetting_laws import laws
+from forgetting_laws.analyse import laws
 from forgetting_laws._blas import single_threaded_blas
-from forgetting_laws.fit import fit_arrays
+from forgetting_laws.analyse.fit import fit_arrays
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla_epoch_svg_extracted.csv"
 DELTA = 1e-3

@@ -3,7 +3,7 @@
 Compares the toolkit's Trainer run (bf16 autocast, SDPA attention, pinned memory, the spec's
 activation checkpointing) with a minimal hand-written torch + peft loop on the same model,
 LoRA and batch shape, and prints both against this GPU's measured bf16 matmul peak.
-Model FLOPs are counted as in :mod:`forgetting_laws.cost` (frozen base: forward 2N, activation
+Model FLOPs are counted as in :mod:`forgetting_laws.measure.estimate` (frozen base: forward 2N, activation
 backward 2N, attention, LoRA 6P per token).
 
 Without CUDA it prints "skipped: no CUDA" and exits 0 (``make bench`` runs every benchmark).
@@ -68,8 +68,8 @@ def trainer_loop(model, train, spec, steps: int) -> float:
     import torch
     from transformers import TrainerCallback
 
-    from forgetting_laws.methods import make_method
-    from forgetting_laws.train import build_trainer, resolve_device
+    from forgetting_laws.measure.methods import make_method
+    from forgetting_laws.measure.train import build_trainer, resolve_device
 
     marks = {}
 
@@ -101,11 +101,11 @@ def main() -> int:
         print("skipped: no CUDA (this benchmark measures the GPU path)")
         return 0
 
-    from forgetting_laws.config import SweepSpec
-    from forgetting_laws.cost import shape_from_config, step_flops
-    from forgetting_laws.methods.lora import lora_model
-    from forgetting_laws.models import load_model, model_fingerprint
-    from forgetting_laws.train import prepare_data, resolve_device
+    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.estimate import shape_from_config, step_flops
+    from forgetting_laws.measure.methods.lora import lora_model
+    from forgetting_laws.measure.models import load_model, model_fingerprint
+    from forgetting_laws.measure.train import prepare_data, resolve_device
 
     spec = SweepSpec.from_dict({
         "model": {"name": args.model}, "lora": {"rank": args.rank},

@@ -36,7 +36,7 @@ def _timed(fn) -> float:
 
 
 def bench_load(model_name: str) -> None:
-    from forgetting_laws.models import load_model
+    from forgetting_laws.measure.models import load_model
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["FORGETTING_LAWS_CACHE"] = cache
@@ -72,8 +72,8 @@ def trainer_loop(model, train: "np.ndarray", spec, steps: int) -> float:
     """Seconds for ``steps`` steps of the toolkit's Trainer (warm-up step excluded)."""
     from transformers import TrainerCallback
 
-    from forgetting_laws.methods import make_method
-    from forgetting_laws.train import build_trainer, resolve_device
+    from forgetting_laws.measure.methods import make_method
+    from forgetting_laws.measure.train import build_trainer, resolve_device
 
     marks = {}
 
@@ -89,10 +89,10 @@ def trainer_loop(model, train: "np.ndarray", spec, steps: int) -> float:
 
 
 def bench_training(model_name: str, steps: int) -> None:
-    from forgetting_laws.config import SweepSpec
-    from forgetting_laws.models import load_model, model_fingerprint
-    from forgetting_laws.methods.lora import lora_model
-    from forgetting_laws.train import prepare_data
+    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.models import load_model, model_fingerprint
+    from forgetting_laws.measure.methods.lora import lora_model
+    from forgetting_laws.measure.train import prepare_data
 
     spec = SweepSpec.from_dict({"model": {"name": model_name}, "lora": {"rank": 8}}).base
     base, tok = load_model(model_name)
@@ -115,11 +115,11 @@ def bench_training(model_name: str, steps: int) -> None:
 
 
 def bench_probe(model_name: str) -> None:
-    from forgetting_laws.config import SweepSpec
-    from forgetting_laws.models import load_model, model_fingerprint
-    from forgetting_laws.probes import ProbeData, base_targets, forget_probe, lm_loss, probe
-    from forgetting_laws.methods.lora import lora_model
-    from forgetting_laws.train import prepare_data
+    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.models import load_model, model_fingerprint
+    from forgetting_laws.measure.probes import ProbeData, base_targets, forget_probe, lm_loss, probe
+    from forgetting_laws.measure.methods.lora import lora_model
+    from forgetting_laws.measure.train import prepare_data
 
     spec = SweepSpec.from_dict({"model": {"name": model_name}}).base
     model, tok = load_model(model_name)

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
-from .fit import FitDataError
-from .laws import LawError
+from .analyse.fit import FitDataError
+from .analyse.laws import LawError
 from .registry import import_plugins
 from .store import SchemaError
 
@@ -24,14 +24,14 @@ def _fmt_s(seconds: float) -> str:
 
 def _loads_here(name: str) -> bool:
     """True for models this machine builds or reads from disk (aliases, local dirs, .gguf files)."""
-    from .models import model_aliases
+    from .measure.models import model_aliases
 
     return name in model_aliases() or Path(name).is_dir() or name.endswith(".gguf")
 
 
 def _print_batches(runs, world: int) -> None:
     """Per-device batch math of each distinct (batch_size, grad_accum); checks it splits over ``world``."""
-    from .distributed import accumulation_per_device
+    from .measure.distributed import accumulation_per_device
 
     for b, g, T in sorted({(r.train.batch_size, r.train.grad_accum, r.data.seq_len) for r in runs}):
         per_device = accumulation_per_device(b, g, world)
@@ -41,7 +41,7 @@ def _print_batches(runs, world: int) -> None:
 
 def _check_corpora(runs) -> None:
     """Corpus names checked without loading them (a dry-run downloads nothing)."""
-    from .corpora import check_corpus_name
+    from .measure.corpora import check_corpus_name
 
     for field in ("dataset", "reference"):
         for name in sorted({getattr(r.data, field) for r in runs}):
@@ -49,8 +49,8 @@ def _check_corpora(runs) -> None:
 
 
 def _dry_run(spec, runs_dir: Path, args: argparse.Namespace) -> int:
-    from .distributed import world_size
-    from .sweep import plan
+    from .measure.distributed import world_size
+    from .measure.sweep import plan
 
     planned = plan(spec, runs_dir)
     _check_corpora([p.spec for p in planned])
@@ -65,7 +65,7 @@ def _dry_run(spec, runs_dir: Path, args: argparse.Namespace) -> int:
 
 def _gpu_table(planned, gpu: str, mfu: float, world: int) -> int:
     """Runs with their analytic GPU-hours and memory (no model is loaded or downloaded)."""
-    from .cost import GPUS, gpu_hours, lora_params, memory_gb, model_shape, run_flops
+    from .measure.estimate import GPUS, gpu_hours, lora_params, memory_gb, model_shape, run_flops
 
     print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'P':>8} {'steps':>6} {'status':>10} {'PFLOP':>8} "
           f"{'GPU-h':>7} {'mem GB':>7}")
@@ -91,7 +91,7 @@ def _gpu_table(planned, gpu: str, mfu: float, world: int) -> int:
 
 
 def _measured_table(spec, planned, calibrate: bool) -> int:
-    from .sweep import estimate
+    from .measure.sweep import estimate
 
     est = estimate(spec) if calibrate else {}
     print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
@@ -110,7 +110,7 @@ def _measured_table(spec, planned, calibrate: bool) -> int:
 
 def _override_resources(spec, args: argparse.Namespace):
     """Apply --num-cpus / --num-gpus / --max-retries over the spec's [sweep] values."""
-    from .config import SweepSpec
+    from .measure.config import SweepSpec
 
     given = {n: getattr(args, n) for n in ("num_cpus", "num_gpus", "max_retries") if getattr(args, n) is not None}
     if not given:
@@ -131,13 +131,13 @@ def _executor_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .config import load_spec
+    from .measure.config import load_spec
 
     spec = _override_resources(load_spec(args.spec), args)
     runs_dir = Path(args.out) if args.out else Path("runs") / spec.base.sweep.name
     if args.dry_run:
         return _dry_run(spec, runs_dir, args)
-    from .sweep import run_sweep
+    from .measure.sweep import run_sweep
 
     outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet,
                          **_executor_options(args))
@@ -162,7 +162,7 @@ def _add_sweep(sub) -> None:
                                                           "utilisation (default 0.4)")
     p.add_argument("--world-size", type=int, help="with --dry-run: GPUs per run under torchrun/accelerate "
                                                   "(default: $WORLD_SIZE or 1); checks the batch splits")
-    from .sweep import executor_names
+    from .measure.sweep import executor_names
 
     p.add_argument("--executor", default="local", choices=executor_names(),
                    help="local: one run at a time in this process; ray: each run a Ray task (default: local)")
@@ -178,14 +178,14 @@ def _add_sweep(sub) -> None:
 
 def _analyse(args: argparse.Namespace, runs_dir: Path):
     from .store import load_runs
-    from .study import fit_sweep
+    from .analyse.standard import fit_sweep
 
     df = load_runs(runs_dir)
     return df, fit_sweep(df, bootstrap=args.bootstrap, min_step=args.min_step, n_jobs=args.jobs)
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    from .study import write_figures
+    from .analyse.standard import write_figures
 
     df, fits = _analyse(args, Path(args.runs_dir))
     written = write_figures(df, fits, args.out, min_step=args.min_step)
@@ -195,8 +195,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .study import write_figures
+    from .analyse.report import write_report
+    from .analyse.standard import write_figures
 
     df, fits = _analyse(args, Path(args.runs_dir))
     fig_dir = Path(args.figures) if args.figures else Path(args.out).parent / "figures"
@@ -207,10 +207,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Sweep -> fits -> figures -> report on the embedded default; resumable."""
-    from .config import load_spec
-    from .report import write_report
-    from .study import verdict, write_figures
-    from .sweep import run_sweep
+    from .measure.config import load_spec
+    from .analyse.report import write_report
+    from .analyse.standard import verdict, write_figures
+    from .measure.sweep import run_sweep
 
     out = Path(args.out)
     run_sweep(load_spec(args.spec), out / "runs", progress=not args.quiet)
@@ -232,7 +232,7 @@ def _summary(res) -> str:
 
 
 def _add_analysis(sub) -> None:
-    from .fit import add_fit_arguments, run_fit_command
+    from .analyse.fit import add_fit_arguments, run_fit_command
 
     p = sub.add_parser("fit", help="fit a law to a runs folder or parquet file")
     add_fit_arguments(p)
@@ -258,14 +258,14 @@ def _add_analysis(sub) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare the methods of a sweep at matched fine-tuning loss; optionally write figure + tables."""
-    from .compare import compare
+    from .analyse.compare import compare
     from .store import load_runs
 
     cmp = compare(load_runs(Path(args.runs_dir)), n_levels=args.levels, bootstrap=args.bootstrap,
                   min_step=args.min_step)
     print(cmp.report())
     if args.out:
-        from .plots import save
+        from .analyse.plots import save
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +287,7 @@ def _add_compare(sub) -> None:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the task names [probe.lm_eval] accepts: the shipped offline tasks first, then lm_eval's."""
-    from .evals import TASKS_DIR, list_tasks
+    from .measure.evals import TASKS_DIR, list_tasks
 
     local = list_tasks(args.include_path, args.match, defaults=False)
     print(f"offline tasks shipped with forgetting-laws ({TASKS_DIR}):")
@@ -309,9 +309,9 @@ def _add_tasks(sub) -> None:
 
 def cmd_continual(args: argparse.Namespace) -> int:
     """Run the task sequences of a continual spec; print each matrix and metrics; write figures."""
-    from .continual import (SIGN_NOTE, cl_matrix, cl_summary, format_matrix, load_continual,
+    from .measure.continual import (SIGN_NOTE, cl_matrix, cl_summary, format_matrix, load_continual,
                             load_continual_spec, run_continual)
-    from .plots import cl_heatmap, cl_metric_bars, save
+    from .analyse.plots import cl_heatmap, cl_metric_bars, save
 
     spec = load_continual_spec(args.spec)
     out = Path(args.out)
@@ -345,8 +345,8 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .landscape import connectivity, eval_functions, load_adapter, load_second_adapter, make_space
-    from .plots import save
+    from .measure.landscape import connectivity, eval_functions, load_adapter, load_second_adapter, make_space
+    from .analyse.plots import save
 
     first = load_adapter(args.adapter1)
     second = load_adapter(args.adapter2)  # its spec names its task; its tensors are read below
@@ -378,8 +378,8 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
-    from .landscape import curve_1d, load_adapter, make_space, sharpness_report, surface_2d
-    from .plots import loss_surface, save, sharpness_curves
+    from .measure.landscape import curve_1d, load_adapter, make_space, sharpness_report, surface_2d
+    from .analyse.plots import loss_surface, save, sharpness_curves
 
     loaded = load_adapter(args.adapter)
     blocks = torch.from_numpy(loaded.blocks()[0][: args.blocks])
@@ -411,8 +411,8 @@ def cmd_sharpness_vs_forgetting(args: argparse.Namespace) -> int:
     """Spearman correlation (bootstrap CI over runs) of sharpness and forgetting across a sweep."""
     import json
 
-    from .landscape import rank_correlation, sweep_sharpness
-    from .plots import save, sharpness_scatter
+    from .measure.landscape import rank_correlation, sweep_sharpness
+    from .analyse.plots import save, sharpness_scatter
 
     if args.measure == "ascent_sharpness" and args.ascent_steps < 1:
         raise ConfigError(f"--measure ascent_sharpness needs --ascent-steps >= 1 (got {args.ascent_steps})")
@@ -434,7 +434,7 @@ def cmd_sharpness_vs_forgetting(args: argparse.Namespace) -> int:
 
 
 def _add_landscape(sub) -> None:
-    from .landscape import SPACES
+    from .measure.landscape import SPACES
 
     p = sub.add_parser("connectivity", help="losses along the linear path between two adapters; barrier heights")
     p.add_argument("adapter1", help="adapter folder (from `continual` or a sweep with [train] save_adapter = true)")

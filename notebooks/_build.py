@@ -11,7 +11,8 @@ from pathlib import Path
 import matplotlib
 matplotlib.use("Agg")
 import forgetting_laws as fl
-from forgetting_laws import fit, laws
+from forgetting_laws.analyse import fit
+from forgetting_laws.analyse import laws
 # The runs of the project's own demo sweep, committed under examples/; point RUNS elsewhere for yours.
 RUNS = Path(os.environ.get("FORGETTING_LAWS_RUNS", "../examples/demo-runs"))
 BOOT = int(os.environ.get("FORGETTING_LAWS_BOOTSTRAP", "100"))
@@ -26,7 +27,9 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import torch
-from forgetting_laws import continual, landscape, plots
+from forgetting_laws.measure import continual
+from forgetting_laws.measure import landscape
+from forgetting_laws.analyse import plots
 # The embedded default; the test suite runs this notebook on the tiny random model instead.
 MODEL = os.environ.get("FORGETTING_LAWS_NB_MODEL", "smollm2-135m")
 OUT = Path(os.environ.get("FORGETTING_LAWS_NB_OUT") or tempfile.mkdtemp(prefix="cl-notebook-"))
@@ -156,7 +159,7 @@ NOTEBOOKS = {
     "paper_figures.ipynb": [
         "# The paper-style figures\nEvery figure of the report, from the runs folder, through the same code "
         "as `forgetting-laws figures`.",
-        SETUP + "\nimport tempfile\nfrom forgetting_laws.study import FIGURES, fit_sweep, write_figures",
+        SETUP + "\nimport tempfile\nfrom forgetting_laws.analyse.standard import FIGURES, fit_sweep, write_figures",
         "df = fl.load_runs(RUNS)\nfits = fit_sweep(df, bootstrap=BOOT, min_step=MIN_STEP)\n"
         "{name: round(r.metrics['r2'], 4) for name, r in fits.items()}",
         "out = Path(tempfile.mkdtemp())\nwritten = write_figures(df, fits, out, min_step=MIN_STEP)\n"

@@ -12,7 +12,7 @@ shares one runtime environment and Ray reuses its workers.)
 import os
 from pathlib import Path
 
-from forgetting_laws.models import load_model, register_model
+from forgetting_laws.measure.models import load_model, register_model
 
 FAULTS_ENV = "FORGETTING_LAWS_TEST_FAULTS"
 

@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from forgetting_laws.compiling import (CompilePlan, CostBook, group_key, pad_lora, plan_compile,
+from forgetting_laws.measure.compiling import (CompilePlan, CostBook, group_key, pad_lora, plan_compile,
                                       prepare_for_compile, unpad_lora)
-from forgetting_laws.config import ConfigError, SweepSpec, load_spec
-from forgetting_laws.methods.lora import lora_model
-from forgetting_laws.models import load_model
+from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.methods.lora import lora_model
+from forgetting_laws.measure.models import load_model
 from forgetting_laws.store import load_runs
-from forgetting_laws.sweep import run_sweep
+from forgetting_laws.measure.sweep import run_sweep
 
 
 def _spec(**train):
@@ -97,7 +97,7 @@ def test_auto_runs_eagerly_until_an_eager_step_is_measured_and_a_held_graph_is_f
     book = CostBook(eager={group_key(runs[0], 0): {"1": 1.0, "4": 1.0}}, compiled={key: 0.9},
                     cold={key: 60.0, group_key(runs[0], 0): 60.0})
     assert not any(p.compile for p in plan_compile(runs, book).values())
-    from forgetting_laws import compiling
+    from forgetting_laws.measure import compiling
     compiling._COMPILED_HERE.add(key)  # ... unless this process already holds the graph
     try:
         assert all(p.compile and p.key == key for p in plan_compile(runs, book).values())
@@ -128,7 +128,7 @@ def test_auto_compiles_a_large_rank_that_one_measured_small_rank_would_have_hidd
     padded to 64, at 3.03 s a step. With the old flat extrapolation rank 64 looked as cheap
     eagerly (3.00 s) and ran eager at 3.90 s; the FLOPs say it costs more, so the held graph wins.
     """
-    from forgetting_laws import compiling
+    from forgetting_laws.measure import compiling
 
     run = SweepSpec.from_dict({"model": {"name": "tiny-random-llama"}, "train": {"compile": "auto", "max_steps": 60},
                                "lora": {"rank": 64}}).expand()[0]

@@ -1,6 +1,6 @@
 import pytest
 
-from forgetting_laws.config import ConfigError, ProbeSection, SweepSpec, load_spec
+from forgetting_laws.measure.config import ConfigError, ProbeSection, SweepSpec, load_spec
 from conftest import REPO
 
 

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 
 from forgetting_laws.cli import main
-from forgetting_laws.config import ConfigError
-from forgetting_laws.continual import (COLUMNS, ContinualSpec, _Session, adapter_dir, cl_matrix, cl_metrics,
+from forgetting_laws.measure.config import ConfigError
+from forgetting_laws.measure.continual import (COLUMNS, ContinualSpec, _Session, adapter_dir, cl_matrix, cl_metrics,
                                        cl_summary, load_continual, load_continual_spec, run_continual)
-from forgetting_laws.corpora import corpus_names, load_documents
-from forgetting_laws.train import adapter_spec
+from forgetting_laws.measure.corpora import corpus_names, load_documents
+from forgetting_laws.measure.train import adapter_spec
 
 TASKS = ["lee-news", "python-docs", "python-source"]
 SPEC = """

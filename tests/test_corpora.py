@@ -2,8 +2,8 @@
 
 import pytest
 
-from forgetting_laws.config import ConfigError
-from forgetting_laws.corpora import parse_hf_name
+from forgetting_laws.measure.config import ConfigError
+from forgetting_laws.measure.corpora import parse_hf_name
 
 
 @pytest.mark.parametrize("name, parsed", [

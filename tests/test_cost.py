@@ -5,8 +5,8 @@ import re
 import pytest
 
 from forgetting_laws.cli import main
-from forgetting_laws.config import ConfigError, SweepSpec, load_spec
-from forgetting_laws.cost import KNOWN_SHAPES, ModelShape, gpu_hours, lora_params, memory_gb, model_shape, run_flops
+from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.estimate import KNOWN_SHAPES, ModelShape, gpu_hours, lora_params, memory_gb, model_shape, run_flops
 from conftest import REPO
 
 GPU_SPECS = ["paper-llama2-7b-openorca", "paper-llama2-7b-news", "gpu-qwen2.5-1.5b-news"]

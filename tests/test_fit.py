@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forgetting_laws import laws
-from forgetting_laws.fit import FitDataError, FitResult, add_fit_arguments, fit, fit_arrays, run_fit_command
-from forgetting_laws.laws import LawError
+from forgetting_laws.analyse import laws
+from forgetting_laws.analyse.fit import FitDataError, FitResult, add_fit_arguments, fit, fit_arrays, run_fit_command
+from forgetting_laws.analyse.laws import LawError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "data"
@@ -229,7 +229,7 @@ def test_min_step_drops_early_rows():
 
 
 def test_groups_are_resampled_whole():
-    from forgetting_laws._optim import group_weights
+    from forgetting_laws.analyse.engine import group_weights
 
     groups = np.repeat(["a", "b", "c"], [5, 3, 2])
     w = group_weights(groups, np.random.default_rng(0))

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from forgetting_laws.cli import main
-from forgetting_laws.config import SweepSpec, load_spec
-from forgetting_laws.landscape import (DeltaWSpace, LoraSpace, ascent_sharpness, barriers, eps_sharpness,
+from forgetting_laws.measure.config import SweepSpec, load_spec
+from forgetting_laws.measure.landscape import (DeltaWSpace, LoraSpace, ascent_sharpness, barriers, eps_sharpness,
                                        eval_functions, filter_normalized, hutchinson_trace, linear_path,
                                        random_direction, rank_correlation)
-from forgetting_laws.methods.lora import lora_model
-from forgetting_laws.models import load_model
-from forgetting_laws.probes import lm_loss
-from forgetting_laws.sweep import run_sweep
-from forgetting_laws.train import adapter_spec
+from forgetting_laws.measure.methods.lora import lora_model
+from forgetting_laws.measure.models import load_model
+from forgetting_laws.measure.probes import lm_loss
+from forgetting_laws.measure.sweep import run_sweep
+from forgetting_laws.measure.train import adapter_spec
 
 # ------------------------------------------------------------------------------- filter normalisation
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forgetting_laws import laws
-from forgetting_laws.laws import Law, LawError
+from forgetting_laws.analyse import laws
+from forgetting_laws.analyse.laws import Law, LawError
 
 # Kalajdzievski 2024, Table 1 (OpenOrca column), see shared/reference/kalajdzievski_constants.md
 OPENORCA = dict(a_f=0.0388e7, a_ft=0.0007e7, b_f=23.6418, b_ft=72.9186, c_ft=0.0020, s_ft=0.6126,

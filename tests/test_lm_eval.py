@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from forgetting_laws.config import ConfigError, SweepSpec
-from forgetting_laws.evals import REFUSAL_MARKERS, check_tasks, is_refusal
-from forgetting_laws.evals.datasets import DATA_DIR, read_prompts
-from forgetting_laws.evals.harness import LmEvalProber, RefusalProber, evaluate_tasks, require_lm_eval
-from forgetting_laws.evals.refusal import process_results
-from forgetting_laws.methods.lora import lora_model
-from forgetting_laws.models import load_model, model_fingerprint
+from forgetting_laws.measure.config import ConfigError, SweepSpec
+from forgetting_laws.measure.evals import REFUSAL_MARKERS, check_tasks, is_refusal
+from forgetting_laws.measure.evals.datasets import DATA_DIR, read_prompts
+from forgetting_laws.measure.evals.harness import LmEvalProber, RefusalProber, evaluate_tasks, require_lm_eval
+from forgetting_laws.measure.evals.refusal import process_results
+from forgetting_laws.measure.methods.lora import lora_model
+from forgetting_laws.measure.models import load_model, model_fingerprint
 
 LIMIT = 24
 
@@ -167,10 +167,10 @@ def test_generation_goes_through_lm_eval_with_the_configured_length(tiny):
 
 
 def test_a_run_records_lm_eval_columns_at_their_steps(tiny_spec_file, tmp_path):
-    from forgetting_laws.config import load_spec
+    from forgetting_laws.measure.config import load_spec
     from forgetting_laws.store import load_runs
-    from forgetting_laws.study import FIGURES, write_figures
-    from forgetting_laws.sweep import run_sweep
+    from forgetting_laws.analyse.standard import FIGURES, write_figures
+    from forgetting_laws.measure.sweep import run_sweep
 
     extra = ("[probe.lm_eval]\ntasks = [\"fl_arc_mini\"]\nlimit = 12\nsteps = [4]\n"
              "[probe.refusal]\nlimit = 3\nmax_new_tokens = 3\nsteps = []\n")

@@ -12,14 +12,14 @@ from scipy import stats
 
 from forgetting_laws import load_runs
 from forgetting_laws.cli import main
-from forgetting_laws.config import ConfigError, SweepSpec, load_spec
-from forgetting_laws.methods import make_method, method_names
-from forgetting_laws.methods.ilora import ReservoirBuffer, consistency_loss
-from forgetting_laws.methods.replay import replay_pool
-from forgetting_laws.models import load_model, model_fingerprint
-from forgetting_laws.probes import ProbeData, probe
-from forgetting_laws.sweep import run_sweep
-from forgetting_laws.train import build_trainer, prepare_data
+from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.methods import make_method, method_names
+from forgetting_laws.measure.methods.ilora import ReservoirBuffer, consistency_loss
+from forgetting_laws.measure.methods.replay import replay_pool
+from forgetting_laws.measure.models import load_model, model_fingerprint
+from forgetting_laws.measure.probes import ProbeData, probe
+from forgetting_laws.measure.sweep import run_sweep
+from forgetting_laws.measure.train import build_trainer, prepare_data
 
 TINY = {"sweep": {"name": "tiny"}, "model": {"name": "tiny-random-llama"},
         "data": {"seq_len": 32, "heldout_blocks": 4, "reference_blocks": 4},

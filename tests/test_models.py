@@ -3,8 +3,8 @@ import importlib.util
 import pytest
 import torch
 
-from forgetting_laws.config import ConfigError
-from forgetting_laws.models import load_model, model_aliases
+from forgetting_laws.measure.config import ConfigError
+from forgetting_laws.measure.models import load_model, model_aliases
 
 
 def test_tiny_alias_is_deterministic_and_offline():
@@ -28,8 +28,8 @@ def test_unknown_model_lists_aliases():
 def test_real_smollm2_two_steps(tmp_path):
     """Two LoRA steps of the real SmolLM2-135M: loads (GGUF -> cache), trains, probes."""
     from forgetting_laws import load_runs
-    from forgetting_laws.config import SweepSpec
-    from forgetting_laws.sweep import run_sweep
+    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.sweep import run_sweep
 
     spec = SweepSpec.from_dict({
         "model": {"name": "smollm2-135m"},

@@ -8,8 +8,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection  # noqa: E402
 
-from forgetting_laws import plots  # noqa: E402
-from forgetting_laws.fit import fit, holdout_mask  # noqa: E402
+from forgetting_laws.analyse import plots  # noqa: E402
+from forgetting_laws.analyse.fit import fit, holdout_mask  # noqa: E402
 
 PN = {"P": "trainable_params", "N": "step"}
 

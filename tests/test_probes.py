@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forgetting_laws.config import SweepSpec
-from forgetting_laws.models import load_model, model_fingerprint
-from forgetting_laws.probes import ProbeData, base_targets, lm_loss, probe
-from forgetting_laws.methods.lora import lora_model
-from forgetting_laws.train import prepare_data
+from forgetting_laws.measure.config import SweepSpec
+from forgetting_laws.measure.models import load_model, model_fingerprint
+from forgetting_laws.measure.probes import ProbeData, base_targets, lm_loss, probe
+from forgetting_laws.measure.methods.lora import lora_model
+from forgetting_laws.measure.train import prepare_data
 
 
 def setup(seq_len=32, n=6):
@@ -94,7 +94,7 @@ def test_lm_loss_equals_model_loss():
 
 
 def test_base_probe_is_cached_and_equals_a_real_probe():
-    from forgetting_laws.probes import base_probe
+    from forgetting_laws.measure.probes import base_probe
 
     spec, model, data, _ = setup()
     peft_model = lora_model(model, spec)

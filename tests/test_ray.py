@@ -15,8 +15,8 @@ import ray
 
 from forgetting_laws import load_runs
 from forgetting_laws.cli import main
-from forgetting_laws.config import ConfigError, SweepSpec, load_spec
-from forgetting_laws.sweep import run_sweep
+from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.sweep import run_sweep
 
 TESTS = Path(__file__).resolve().parent
 VALUE_COLS = ["ft_loss", "ft_train_loss", "forget_loss", "ref_loss", "agreement", "trainable_params"]
@@ -160,7 +160,7 @@ def test_cli_overrides_and_flag_errors(tiny_spec_file, tmp_path, capsys):
 
 
 def test_missing_ray_says_what_to_install(tiny_spec_file, tmp_path, monkeypatch):
-    from forgetting_laws.ray_executor import ray_executor
+    from forgetting_laws.measure.ray_executor import ray_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     run = load_spec(tiny_spec_file(max_steps=2, ranks=(1,))).expand()[0]

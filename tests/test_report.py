@@ -6,7 +6,7 @@ import pytest
 
 from forgetting_laws.cli import main
 from forgetting_laws.store import write_rows
-from forgetting_laws.study import FIGURES, STANDARD_FITS
+from forgetting_laws.analyse.standard import FIGURES, STANDARD_FITS
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_report_cli_is_self_contained(runs_dir, tmp_path, capsys):
 
 
 def test_report_says_plainly_when_a_law_fits_badly(synthetic_runs, tmp_path):
-    from forgetting_laws.fit import fit
-    from forgetting_laws.study import verdict
+    from forgetting_laws.analyse.fit import fit
+    from forgetting_laws.analyse.standard import verdict
 
     df = synthetic_runs[synthetic_runs.step > 0].copy()
     df["forget_loss"] = df["forget_loss"].sample(frac=1, random_state=0).to_numpy()  # destroy the relation

@@ -13,9 +13,9 @@ import pytest
 
 from forgetting_laws import load_runs
 from forgetting_laws.cli import main
-from forgetting_laws.config import load_spec
+from forgetting_laws.measure.config import load_spec
 from forgetting_laws.store import SCHEMA, SCHEMA_VERSION, RunLocked, SchemaError, run_lock
-from forgetting_laws.sweep import run_sweep
+from forgetting_laws.measure.sweep import run_sweep
 
 VALUE_COLS = ["ft_loss", "ft_train_loss", "forget_loss", "ref_loss", "agreement"]
 
@@ -64,7 +64,7 @@ def test_forget_kl_when_asked(tiny_spec_file, tmp_path):
     spec = load_spec(tiny_spec_file(max_steps=4, ranks=(2,)).with_name("tiny.toml"))
     raw = spec.to_dict()
     raw["probe"]["forget_kl"] = True
-    from forgetting_laws.config import SweepSpec
+    from forgetting_laws.measure.config import SweepSpec
 
     run_sweep(SweepSpec.from_dict(raw), tmp_path, progress=False)
     df = load_runs(tmp_path)

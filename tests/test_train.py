@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from forgetting_laws import load_runs
-from forgetting_laws.config import ConfigError, SweepSpec, load_spec
-from forgetting_laws.distributed import accumulation_per_device
-from forgetting_laws.sweep import run_sweep
-from forgetting_laws.train import _training_args, resolve_device
+from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.distributed import accumulation_per_device
+from forgetting_laws.measure.sweep import run_sweep
+from forgetting_laws.measure.train import _training_args, resolve_device
 
 VALUE_COLS = ["ft_loss", "ft_train_loss", "forget_loss", "ref_loss", "agreement"]
 
@@ -47,7 +47,7 @@ def test_grad_accum_splits_over_the_devices_of_a_launch(tiny_spec_file, tmp_path
     run = _with(tiny_spec_file(), grad_accum=4).expand()[0]
     # under torchrun (WORLD_SIZE=2) each device does half the micro-batches; the world size is
     # patched where train.py reads it, as a real WORLD_SIZE would make accelerate want a process group
-    monkeypatch.setattr("forgetting_laws.train.world_size", lambda: 2)
+    monkeypatch.setattr("forgetting_laws.measure.train.world_size", lambda: 2)
     args = _training_args(run, tmp_path, *resolve_device(run), run.train.batch_size)
     assert args.gradient_accumulation_steps == 2
 

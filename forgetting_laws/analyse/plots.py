@@ -1,7 +1,7 @@
 """Paper-style figures. Each function draws one thing on an optional Axes and returns it.
 
 Inputs are a runs DataFrame (:func:`forgetting_laws.load_runs`) and/or a
-:class:`~forgetting_laws.fit.FitResult`; nothing here loads, fits or imports torch.
+:class:`~forgetting_laws.analyse.fit.FitResult`; nothing here loads, fits or imports torch.
 
 Example
 -------
@@ -151,7 +151,7 @@ def forgetting_map(fit, df: pd.DataFrame | None = None, ax=None, levels: int = 1
 def extrapolation(fit, df: pd.DataFrame, held_out: np.ndarray, metric: str | None = None, ax=None):
     """Measured against predicted, for points fitted on (grey) and held out (coloured by rank).
 
-    ``held_out`` is a boolean mask over ``df`` rows, as :func:`forgetting_laws.fit.holdout_mask`
+    ``held_out`` is a boolean mask over ``df`` rows, as :func:`forgetting_laws.analyse.fit.holdout_mask`
     returns for the spec the fit was made with.
     """
     ax = _axes(ax, (4.5, 4.5))
@@ -230,7 +230,7 @@ def method_comparison(cmp, ax=None, x: str = "ft_loss", y: str = "forget_loss"):
 
     Dots: every probe of every run; line and band: forgetting at matched fine-tuning loss
     (mean over runs and its bootstrap CI); dashed: the method's inverse-linear fit
-    :math:`L_f = s - c\,L_{ft}`. ``cmp`` is a :class:`forgetting_laws.compare.Comparison`.
+    :math:`L_f = s - c\,L_{ft}`. ``cmp`` is a :class:`forgetting_laws.analyse.compare.Comparison`.
     """
     ax = _axes(ax)
     for i, (method, m) in enumerate(cmp.matched.groupby("method", sort=True)):
@@ -346,7 +346,7 @@ def cl_metric_bars(summary: pd.DataFrame, metrics: Sequence[str] = ("AP", "BWT",
     """One panel per continual-learning metric, one bar per ``by`` value (mean over the sequences
     that share it; whiskers: min and max when there are several). Returns the axes.
 
-    ``summary`` is :func:`forgetting_laws.continual.cl_summary`'s table (metrics of negated losses:
+    ``summary`` is :func:`forgetting_laws.measure.continual.cl_summary`'s table (metrics of negated losses:
     BWT < 0 and Forgetting > 0 mean forgetting).
     """
     if axes is None:
@@ -376,7 +376,7 @@ _SPACE_LABELS = {"lora": "LoRA space (A, B)", "delta_w": r"$\Delta W$ space ($sB
 def connectivity_curves(curves: pd.DataFrame, axes=None):
     """Loss along the linear path between two adapters: one panel per evaluated set, one line per
     space (LoRA A, B interpolated; merged Delta W interpolated). ``curves`` has columns space,
-    alpha, eval, loss (:func:`forgetting_laws.landscape.linear_path`). Returns the axes."""
+    alpha, eval, loss (:func:`forgetting_laws.measure.landscape.linear_path`). Returns the axes."""
     evals = list(dict.fromkeys(curves["eval"]))
     if axes is None:
         _, axes = plt.subplots(1, len(evals), figsize=(3.2 * len(evals), 3.0), layout="constrained", squeeze=False)
@@ -395,7 +395,7 @@ def connectivity_curves(curves: pd.DataFrame, axes=None):
 
 def sharpness_curves(curve: pd.DataFrame, ax=None, title: str | None = None):
     """Loss along filter-normalised random directions (one line each) against the radius;
-    ``curve`` has columns direction, radius, loss (:func:`forgetting_laws.landscape.curve_1d`)."""
+    ``curve`` has columns direction, radius, loss (:func:`forgetting_laws.measure.landscape.curve_1d`)."""
     ax = _axes(ax, (4.2, 3.2))
     for k, g in curve.groupby("direction"):
         g = g.sort_values("radius")
@@ -409,7 +409,7 @@ def sharpness_curves(curve: pd.DataFrame, ax=None, title: str | None = None):
 
 def loss_surface(surface: pd.DataFrame, ax=None, levels: int = 14, title: str | None = None):
     """Contours of the loss on the plane of two filter-normalised directions; ``surface`` has
-    columns x, y, loss (:func:`forgetting_laws.landscape.surface_2d`)."""
+    columns x, y, loss (:func:`forgetting_laws.measure.landscape.surface_2d`)."""
     ax = _axes(ax, (4.4, 3.6))
     Z = surface.pivot_table(index="y", columns="x", values="loss")
     cs = ax.contourf(Z.columns, Z.index, Z.to_numpy(), levels=levels, cmap="viridis")
@@ -425,7 +425,7 @@ def loss_surface(surface: pd.DataFrame, ax=None, levels: int = 14, title: str | 
 def sharpness_scatter(table: pd.DataFrame, corr: dict | None = None, x: str = "eps_sharpness",
                       y: str = "forgetting", ax=None):
     """Forgetting against sharpness, one point per run (colour: method, label: rank), with the
-    Spearman correlation and its bootstrap CI (:func:`forgetting_laws.landscape.rank_correlation`)."""
+    Spearman correlation and its bootstrap CI (:func:`forgetting_laws.measure.landscape.rank_correlation`)."""
     ax = _axes(ax, (4.6, 3.6))
     for k, (method, g) in enumerate(table.groupby("method", sort=True)):
         ax.scatter(g[x], g[y], s=30, color=OKABE_ITO[k % len(OKABE_ITO)], label=method, zorder=3)

@@ -24,8 +24,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import RunSpec
-from .errors import ConfigError
-from .store import read_json, write_json
+from ..errors import ConfigError
+from ..store import read_json, write_json
 from .sweep import register_executor
 
 __all__ = ["ray_executor", "worker_env"]
@@ -68,7 +68,7 @@ def _run_task(run: RunSpec, runs_dir: str, num_cpus: float) -> dict:
     """The body of one Ray task (runs in a worker): one run under its lock."""
     import torch
 
-    from .registry import import_plugins
+    from ..registry import import_plugins
     from .sweep import run_locked
 
     import_plugins()

@@ -1,7 +1,7 @@
 """Sweeps: expand a spec into runs, run them with an executor, skip finished ones, resume.
 
 Executors register by name (``local`` runs in-process, one run at a time; ``ray`` runs each
-run as a Ray task, see :mod:`forgetting_laws.ray_executor`). Each run holds a file lock while it
+run as a Ray task, see :mod:`forgetting_laws.measure.ray_executor`). Each run holds a file lock while it
 runs, so two sweeps sharing a RUNS_DIR never write the same run twice.
 """
 
@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from .config import RunSpec, SweepSpec
 from .distributed import is_main_process
-from .registry import Registry
-from .store import COMPLETE, RunLocked, run_lock, run_status
+from ..registry import Registry
+from ..store import COMPLETE, RunLocked, run_lock, run_status
 
 __all__ = ["run_sweep", "register_executor", "executor_names", "plan", "estimate", "PlannedRun"]
 

@@ -208,7 +208,7 @@ def figure_script(name: str, argv: list[str] | None = None) -> list[Path]:
     """Entry point of the ``analysis/`` scripts: regenerate figure ``name`` from a runs folder."""
     import argparse
 
-    from .store import load_runs
+    from ..store import load_runs
 
     parser = argparse.ArgumentParser(description=f"Regenerate {name}: {FIGURES[name].caption}")
     parser.add_argument("runs_dir", help="RUNS_DIR of a sweep (or a .parquet file)")

@@ -3,7 +3,7 @@ a replay corpus standing in for pre-training data; the rest is fine-tuning data.
 
 The replay blocks never overlap the blocks the probes read: when the replay corpus is the
 reference corpus, the replay pool is the reference corpus minus its probe blocks (the same
-seeded split :func:`forgetting_laws.train.prepare_data` uses); when it is the fine-tuning
+seeded split :func:`forgetting_laws.measure.train.prepare_data` uses); when it is the fine-tuning
 corpus, the pool is its training part (the held-out blocks are left out).
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from . import register_method
 from .base import Knob, Method
 from .lora import lora_model

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["LoraSpace", "DeltaWSpace", "make_space", "load_adapter", "LoadedAdapter", "load_second_adapter",
            "linear_path", "barriers", "connectivity", "ConnectivityResult", "filter_normalized",
@@ -297,7 +297,7 @@ class ConnectivityResult:
     barriers: pd.DataFrame
 
     def plot(self, axes=None):
-        from .plots import connectivity_curves
+        from ..analyse.plots import connectivity_curves
 
         return connectivity_curves(self.curves, axes=axes)
 
@@ -494,7 +494,7 @@ def sweep_sharpness(runs_dir: str | Path, space: str = "lora", n_blocks: int = 8
     ``n_blocks`` training blocks of the run)."""
     from tqdm.auto import tqdm
 
-    from .store import load_runs
+    from ..store import load_runs
 
     runs = load_runs(runs_dir)
     rows = []

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["SweepSpec", "RunSpec", "load_spec", "ConfigError", "LmEvalProbe", "RefusalProbe"]
 
@@ -119,7 +119,7 @@ class TrainSection:
                                       "memory for one more forward pass", run_id=False)
     compile: bool | str = _f(
         "auto", "torch.compile the training step: true, false, or 'auto' (when the sweep's steps "
-        "repay the compilation; see forgetting_laws.compiling)", run_id=False)
+        "repay the compilation; see forgetting_laws.measure.compiling)", run_id=False)
     save_adapter: bool = _f(False, "keep the final adapter in RUNS_DIR/adapters/<run_id>/ (for landscape "
                             "analyses such as sharpness)", run_id=False)
 
@@ -163,7 +163,7 @@ class LmEvalProbe:
     """``[probe.lm_eval]``: lm-evaluation-harness tasks evaluated on the model in memory.
 
     Multiple-choice tasks also record ``agree``: the fraction of questions where the model picks
-    the base model's answer (see :mod:`forgetting_laws.evals`).
+    the base model's answer (see :mod:`forgetting_laws.measure.evals`).
     """
 
     tasks: list[str] = _f([], "lm-evaluation-harness task names, e.g. ['fl_arc_mini'] or ['arc_challenge'] "
@@ -193,7 +193,7 @@ class RefusalProbe:
     """``[probe.refusal]``: greedy answers to harmful requests, classified as refusal or not.
 
     Records ``refusal_rate`` and ``refusal_lost`` (prompts the base model refused that the
-    model no longer refuses); the rule is :func:`forgetting_laws.evals.refusal.is_refusal`.
+    model no longer refuses); the rule is :func:`forgetting_laws.measure.evals.refusal.is_refusal`.
     """
 
     prompts: str = _f("builtin", "'builtin' (shipped prompts), 'advbench' (needs network) or a .txt/.jsonl file")
@@ -261,13 +261,13 @@ class ProbeSection:
 
 @dataclass
 class MethodSection:
-    """``[method]``: the fine-tuning method's name and knobs (see :mod:`forgetting_laws.methods`).
+    """``[method]``: the fine-tuning method's name and knobs (see :mod:`forgetting_laws.measure.methods`).
 
     ``knobs`` holds the knobs as given, of any registered method, so one table can serve a
     ``"method.name"`` grid; :meth:`resolved` gives the run's own knobs with defaults filled in.
     """
 
-    name: str = _f("lora", "fine-tuning method: lora, sam, ilora, replay (see forgetting_laws.methods)")
+    name: str = _f("lora", "fine-tuning method: lora, sam, ilora, replay (see forgetting_laws.measure.methods)")
     knobs: dict[str, Any] = _f({}, "the method knobs given in [method], any registered method's")
 
     @classmethod

@@ -178,7 +178,7 @@ class ILoraMethod(ReplayBase):
     @classmethod
     def check_run(cls, spec) -> None:
         super().check_run(spec)
-        from ..errors import ConfigError
+        from ...errors import ConfigError
         from .replay import n_replay
 
         size, n = spec.method.resolved()["buffer_size"], n_replay(spec)

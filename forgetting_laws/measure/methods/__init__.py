@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .base import Knob, Method
 
 if TYPE_CHECKING:  # pragma: no cover

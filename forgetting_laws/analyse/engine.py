@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear, minimize
 
-from ._blas import single_threaded_blas
+from .._blas import single_threaded_blas
 from .laws import Law
 
 LOSSES = ("huber_log", "mse", "mse_log")

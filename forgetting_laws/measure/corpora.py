@@ -27,9 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .models import cache_dir
-from .registry import Registry
+from ..registry import Registry
 
 __all__ = ["register_corpus", "corpus_names", "check_corpus_name", "parse_hf_name", "load_documents",
            "token_blocks", "split_blocks"]

@@ -1,6 +1,6 @@
 """One run: fine-tuning on ``transformers.Trainer`` with probes on a schedule -> rows.
 
-The run's method (:mod:`forgetting_laws.methods`) builds the adapter and the Trainer, says
+The run's method (:mod:`forgetting_laws.measure.methods`) builds the adapter and the Trainer, says
 which model the probes evaluate and checkpoints its own extra state; nothing here depends on
 which method it is.
 
@@ -29,7 +29,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from . import __version__
+from .. import __version__
 from .compiling import (CompilePlan, eager_probes, mark_compiled, plan_compile, prepare_for_compile, record,
                         unpad_lora)
 from .config import RunSpec
@@ -38,7 +38,7 @@ from .distributed import accumulation_per_device, is_main_process, world_size
 from .methods import Method, make_method
 from .models import load_model, model_fingerprint
 from .probes import ProbeData, base_probe, base_targets, probe
-from .store import SCHEMA_VERSION, write_json, write_rows
+from ..store import SCHEMA_VERSION, write_json, write_rows
 
 __all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "build_trainer", "save_adapter",
            "adapter_spec"]
@@ -290,7 +290,7 @@ def save_adapter(model, method: Method, path: Path, spec: RunSpec) -> Path:
     """Save the adapter the probes evaluate (PEFT safetensors) and ``spec`` beside it, atomically.
 
     For I-LoRA that is the slow adapter (``method.probe_model``). Landscape analyses
-    (:mod:`forgetting_laws.landscape`) load the folder back with :func:`adapter_spec`.
+    (:mod:`forgetting_laws.measure.landscape`) load the folder back with :func:`adapter_spec`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ def save_adapter(model, method: Method, path: Path, spec: RunSpec) -> Path:
 def adapter_spec(path: str | Path) -> RunSpec:
     """The run spec saved beside an adapter by :func:`save_adapter` (model, corpora, LoRA)."""
     from .config import SweepSpec
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     meta = Path(path) / ADAPTER_SPEC
     if not meta.is_file():

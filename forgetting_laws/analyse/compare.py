@@ -43,7 +43,7 @@ class Comparison:
         One row per method: runs, final steps, tokens and wall seconds (summed over runs) and
         wall seconds per step.
     fits : dict
-        Method -> :class:`~forgetting_laws.fit.FitResult`.
+        Method -> :class:`~forgetting_laws.analyse.fit.FitResult`.
     """
 
     matched: pd.DataFrame
@@ -68,7 +68,7 @@ class Comparison:
         return self.report()
 
     def plot(self, ax: Any = None) -> Any:
-        """L_f against L_ft, one colour per method (see :func:`forgetting_laws.plots.method_comparison`)."""
+        """L_f against L_ft, one colour per method (see :func:`forgetting_laws.analyse.plots.method_comparison`)."""
         from .plots import method_comparison
 
         return method_comparison(self, ax=ax)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .fit import FitResult
-from .study import FIGURES, STANDARD_FITS, verdict
+from .standard import FIGURES, STANDARD_FITS, verdict
 
 __all__ = ["write_report", "runs_table"]
 

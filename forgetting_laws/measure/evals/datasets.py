@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 __all__ = ["DATA_DIR", "fl_arc_mini", "refusal_prompts", "read_prompts"]
 

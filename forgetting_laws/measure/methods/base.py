@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover - type hints only
     from transformers import Trainer
@@ -131,7 +131,7 @@ class Method(ABC):
     # ------------------------------------------------------------------ task sequences
 
     def end_task(self, train_blocks) -> None:
-        """Called by :mod:`forgetting_laws.continual` after each task of a sequence, with that
+        """Called by :mod:`forgetting_laws.measure.continual` after each task of a sequence, with that
         task's training blocks (N, T) as a numpy array; a method that carries earlier tasks into
         later ones (a replay pool) takes them here. Nothing by default."""
 

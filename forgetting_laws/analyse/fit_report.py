@@ -1,4 +1,4 @@
-"""Text and HTML reports of a :class:`~forgetting_laws.fit.FitResult` (lmfit ``fit_report`` style)."""
+"""Text and HTML reports of a :class:`~forgetting_laws.analyse.fit.FitResult` (lmfit ``fit_report`` style)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ per (after_task, eval_task, metric):
 
 plus ``method``, ``model``, ``rank``, ``lr``, ``seed``, ``tasks`` (``"a > b > c"``), ``wall_s``
 and ``cl_schema_version``. Each task's adapter (the one the probes read; I-LoRA's slow one) is
-saved under ``OUT/adapters/<sequence_id>/task<k>-<corpus>/`` for :mod:`forgetting_laws.landscape`.
+saved under ``OUT/adapters/<sequence_id>/task<k>-<corpus>/`` for :mod:`forgetting_laws.measure.landscape`.
 A rerun skips finished sequences and finished tasks.
 
 The metrics (:func:`cl_metrics`) follow Ren et al. 2024 / Chaudhry et al. 2018 with
@@ -63,8 +63,8 @@ import numpy as np
 import pandas as pd
 
 from .config import RunSpec, SweepSpec
-from .errors import ConfigError
-from .store import read_json, write_json
+from ..errors import ConfigError
+from ..store import read_json, write_json
 
 __all__ = ["cl_metrics", "ContinualSpec", "TaskSequence", "load_continual_spec", "run_sequence",
            "run_continual", "load_continual", "cl_matrix", "cl_summary", "format_matrix", "adapter_dir", "COLUMNS", "SIGN_NOTE",
@@ -303,7 +303,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _write_frame(path: Path, rows: list[dict]) -> None:
-    from .store import _atomic
+    from ..store import _atomic
 
     _atomic(path, lambda tmp: _frame(rows).to_parquet(tmp, index=False))
 
@@ -420,7 +420,7 @@ def load_continual(path: str | Path) -> pd.DataFrame:
     frames = [pd.read_parquet(f) for f in files]
     for f, frame in zip(files, frames):
         if "cl_schema_version" not in frame or set(frame["cl_schema_version"]) != {CL_SCHEMA_VERSION}:
-            from .store import SchemaError
+            from ..store import SchemaError
 
             raise SchemaError(f"{f}: not a continual-learning table of version {CL_SCHEMA_VERSION}")
     return pd.concat(frames, ignore_index=True)

@@ -31,9 +31,9 @@ from scipy import stats
 from scipy.optimize import minimize_scalar
 
 from . import laws as _laws
-from ._blas import single_threaded_blas
-from ._optim import LOSSES, Problem, bootstrap as _bootstrap, distinct, multistart
-from .store import SchemaError, load_runs
+from .._blas import single_threaded_blas
+from .engine import LOSSES, Problem, bootstrap as _bootstrap, distinct, multistart
+from ..store import SchemaError, load_runs
 from .laws import Law, LawError
 
 __all__ = ["FitResult", "FitDataError", "fit", "fit_arrays", "add_fit_arguments", "run_fit_command"]
@@ -104,7 +104,7 @@ class FitResult:
     # ------------------------------------------------------------ access
     @property
     def law(self) -> Law:
-        """The :class:`~forgetting_laws.laws.Law` (looked up by name after loading JSON)."""
+        """The :class:`~forgetting_laws.analyse.laws.Law` (looked up by name after loading JSON)."""
         if self._law is None:
             self._law = _laws.get(self.law_name)
         return self._law
@@ -186,12 +186,12 @@ class FitResult:
 
     def report(self, min_correl: float = 0.3) -> str:
         """A text report in the style of ``lmfit.fit_report``."""
-        from ._report import text_report
+        from .fit_report import text_report
 
         return text_report(self, min_correl)
 
     def _repr_html_(self) -> str:
-        from ._report import html_report
+        from .fit_report import html_report
 
         return html_report(self)
 

@@ -23,8 +23,8 @@ from typing import Callable
 
 import torch
 
-from .errors import ConfigError
-from .registry import Registry
+from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = ["load_model", "model_aliases", "register_model", "cache_dir", "model_fingerprint"]
 

@@ -1,7 +1,7 @@
 """lm-evaluation-harness probes: tasks built once per run, evaluated on the model in memory.
 
 :class:`LmEvalProber` (``[probe.lm_eval]``) and :class:`RefusalProber` (``[probe.refusal]``)
-share one life cycle, driven by :mod:`forgetting_laws.train`::
+share one life cycle, driven by :mod:`forgetting_laws.measure.train`::
 
     prober.prepare(base_model)   # before the adapter exists: the base model's answers (cached)
     prober.measure(model)        # at each of its steps: {column: value}
@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from ..models import cache_dir
 
 __all__ = ["TASKS_DIR", "require_lm_eval", "task_manager", "list_tasks", "check_tasks", "TaskResult",
@@ -290,7 +290,7 @@ class RefusalProber:
     """``[probe.refusal]``: ``refusal_rate`` and ``refusal_lost`` on harmful requests.
 
     ``refusal_rate`` is the fraction of prompts whose greedy answer is a refusal
-    (:func:`forgetting_laws.evals.refusal.is_refusal`); ``refusal_lost`` counts the prompts the
+    (:func:`forgetting_laws.measure.evals.refusal.is_refusal`); ``refusal_lost`` counts the prompts the
     base model refused that the model no longer refuses (the paper's AdvBench comparison);
     ``refusal_n`` is the number of prompts.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["process_rank", "world_size", "is_main_process", "accumulation_per_device"]
 
