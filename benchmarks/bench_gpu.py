@@ -69,7 +69,8 @@ def trainer_loop(model, train, spec, steps: int) -> float:
     from transformers import TrainerCallback
 
     from forgetting_laws.measure.methods import make_method
-    from forgetting_laws.measure.train import build_trainer, resolve_device
+    from forgetting_laws.measure.setup import resolve_device
+    from forgetting_laws.measure.train import build_trainer
 
     marks = {}
 
@@ -101,11 +102,11 @@ def main() -> int:
         print("skipped: no CUDA (this benchmark measures the GPU path)")
         return 0
 
-    from forgetting_laws.measure.config import SweepSpec
     from forgetting_laws.measure.estimate import shape_from_config, step_flops
     from forgetting_laws.measure.methods.lora import lora_model
-    from forgetting_laws.measure.models import load_model, model_fingerprint
-    from forgetting_laws.measure.train import prepare_data, resolve_device
+    from forgetting_laws.measure.models import load_model
+    from forgetting_laws.measure.setup import load_base, load_data, resolve_device
+    from forgetting_laws.measure.spec import SweepSpec
 
     spec = SweepSpec.from_dict({
         "model": {"name": args.model}, "lora": {"rank": args.rank},
@@ -113,8 +114,8 @@ def main() -> int:
         "train": {"batch_size": args.batch, "gradient_checkpointing": args.checkpointing},
     }).base
     device, dtype = resolve_device(spec)
-    base, tok = load_model(args.model, dtype)
-    train, _, _ = prepare_data(spec, tok, model_fingerprint(base))
+    base, tok, key = load_base(spec, dtype)
+    train = load_data(spec, tok, key)[0].train
     need = args.batch * (args.steps + 1)
     if len(train) < need:
         print(f"corpus too small: {len(train)} blocks of {args.seq_len}, need {need}; lower --steps or --batch")

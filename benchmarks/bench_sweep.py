@@ -73,7 +73,8 @@ def trainer_loop(model, train: "np.ndarray", spec, steps: int) -> float:
     from transformers import TrainerCallback
 
     from forgetting_laws.measure.methods import make_method
-    from forgetting_laws.measure.train import build_trainer, resolve_device
+    from forgetting_laws.measure.setup import resolve_device
+    from forgetting_laws.measure.train import build_trainer
 
     marks = {}
 
@@ -89,14 +90,14 @@ def trainer_loop(model, train: "np.ndarray", spec, steps: int) -> float:
 
 
 def bench_training(model_name: str, steps: int) -> None:
-    from forgetting_laws.measure.config import SweepSpec
-    from forgetting_laws.measure.models import load_model, model_fingerprint
     from forgetting_laws.measure.methods.lora import lora_model
-    from forgetting_laws.measure.train import prepare_data
+    from forgetting_laws.measure.models import load_model
+    from forgetting_laws.measure.setup import prepare_run
+    from forgetting_laws.measure.spec import SweepSpec
 
     spec = SweepSpec.from_dict({"model": {"name": model_name}, "lora": {"rank": 8}}).base
-    base, tok = load_model(model_name)
-    train, _, _ = prepare_data(spec, tok, model_fingerprint(base))
+    ctx = prepare_run(spec)
+    base, train = ctx.model, ctx.data.train
     batch = spec.train.batch_size
     blocks = torch.from_numpy(train[: batch * (steps + 1)]).view(-1, batch, spec.data.seq_len)
     hand = hand_loop(lora_model(load_model(model_name)[0], spec), blocks, steps, spec.train.lr)
@@ -115,19 +116,15 @@ def bench_training(model_name: str, steps: int) -> None:
 
 
 def bench_probe(model_name: str) -> None:
-    from forgetting_laws.measure.config import SweepSpec
-    from forgetting_laws.measure.models import load_model, model_fingerprint
-    from forgetting_laws.measure.probes import ProbeData, base_targets, forget_probe, lm_loss, probe
     from forgetting_laws.measure.methods.lora import lora_model
-    from forgetting_laws.measure.train import prepare_data
+    from forgetting_laws.measure.probes import ProbeData, base_targets, forget_probe, lm_loss, probe
+    from forgetting_laws.measure.setup import prepare_run
+    from forgetting_laws.measure.spec import SweepSpec
 
     spec = SweepSpec.from_dict({"model": {"name": model_name}}).base
-    model, tok = load_model(model_name)
-    key = model_fingerprint(model)
-    _, heldout, ref = prepare_data(spec, tok, key)
-    ref = torch.from_numpy(ref)
-    data = ProbeData(ref, base_targets(model, ref, key), torch.from_numpy(heldout))
-    peft_model = lora_model(model, spec).eval()
+    ctx = prepare_run(spec)
+    data, key, ref = ctx.probe_data, ctx.model_key, ctx.probe_data.reference
+    peft_model = lora_model(ctx.model, spec).eval()
 
     def naive_forget():  # what a probe costs without the cache: base predictions every time
         with peft_model.disable_adapter():

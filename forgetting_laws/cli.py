@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
 from .analyse.fit import FitDataError
 from .analyse.laws import LawError
+from .errors import ConfigError
 from .registry import import_plugins
-from .store import SchemaError
+from .store import CorruptFile, SchemaError
 
 __all__ = ["main"]
 
@@ -110,7 +110,7 @@ def _measured_table(spec, planned, calibrate: bool) -> int:
 
 def _override_resources(spec, args: argparse.Namespace):
     """Apply --num-cpus / --num-gpus / --max-retries over the spec's [sweep] values."""
-    from .measure.config import SweepSpec
+    from .measure.spec import SweepSpec
 
     given = {n: getattr(args, n) for n in ("num_cpus", "num_gpus", "max_retries") if getattr(args, n) is not None}
     if not given:
@@ -131,16 +131,18 @@ def _executor_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .measure.config import load_spec
+    from .measure.spec import load_spec
 
     spec = _override_resources(load_spec(args.spec), args)
     runs_dir = Path(args.out) if args.out else Path("runs") / spec.base.sweep.name
     if args.dry_run:
         return _dry_run(spec, runs_dir, args)
+    from .measure.evals.harness import trusting_task_code
     from .measure.sweep import run_sweep
 
-    outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet,
-                         **_executor_options(args))
+    with trusting_task_code(args.trust_task_code):
+        outcomes = run_sweep(spec, runs_dir, executor=args.executor, progress=not args.quiet,
+                             rerun_stale=args.rerun_stale, **_executor_options(args))
     done = {o["status"] for o in outcomes}
     print(f"{len(outcomes)} runs run ({', '.join(sorted(done)) or 'none needed'}); results in {runs_dir}")
     failed = [o["run_id"] for o in outcomes if o["status"] == "failed"]
@@ -162,8 +164,13 @@ def _add_sweep(sub) -> None:
                                                           "utilisation (default 0.4)")
     p.add_argument("--world-size", type=int, help="with --dry-run: GPUs per run under torchrun/accelerate "
                                                   "(default: $WORLD_SIZE or 1); checks the batch splits")
-    from .measure.sweep import executor_names
+    from .measure.executors import executor_names
 
+    p.add_argument("--rerun-stale", action="store_true", help="rerun complete runs whose corpora or model "
+                                                                "changed since they were recorded (their files "
+                                                                "are moved to RUNS_DIR/.corrupt/)")
+    p.add_argument("--trust-task-code", action="store_true", help="let task YAMLs of probe.lm_eval.include_path "
+                                                                  "run Python code (lm_eval's !function)")
     p.add_argument("--executor", default="local", choices=executor_names(),
                    help="local: one run at a time in this process; ray: each run a Ray task (default: local)")
     p.add_argument("--address", help="with --executor ray: a Ray cluster (ray://HOST:10001, HOST:6379, "
@@ -207,7 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Sweep -> fits -> figures -> report on the embedded default; resumable."""
-    from .measure.config import load_spec
+    from .measure.spec import load_spec
     from .analyse.report import write_report
     from .analyse.standard import verdict, write_figures
     from .measure.sweep import run_sweep
@@ -287,6 +294,13 @@ def _add_compare(sub) -> None:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the task names [probe.lm_eval] accepts: the shipped offline tasks first, then lm_eval's."""
+    from .measure.evals.harness import trusting_task_code
+
+    with trusting_task_code(args.trust_task_code):
+        return _print_tasks(args)
+
+
+def _print_tasks(args: argparse.Namespace) -> int:
     from .measure.evals import TASKS_DIR, list_tasks
 
     local = list_tasks(args.include_path, args.match, defaults=False)
@@ -304,6 +318,8 @@ def _add_tasks(sub) -> None:
     p.add_argument("--match", "-m", default="", help="only names containing this text (case-insensitive)")
     p.add_argument("--include-path", default="", help="an extra folder of task YAMLs, as probe.lm_eval.include_path")
     p.add_argument("--local", action="store_true", help="only the shipped offline tasks (and --include-path's)")
+    p.add_argument("--trust-task-code", action="store_true", help="let --include-path's task YAMLs run Python "
+                                                                  "code (lm_eval's !function)")
     p.set_defaults(func=cmd_tasks)
 
 
@@ -505,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_plugins()
         return args.func(args)
-    except (ConfigError, FitDataError, LawError, SchemaError, FileNotFoundError, ImportError) as exc:
+    except (ConfigError, FitDataError, LawError, SchemaError, CorruptFile, FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

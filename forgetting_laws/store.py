@@ -1,14 +1,20 @@
-"""The results store: one parquet (+ JSON) per run, atomic writes, versioned schema.
+"""The results store: one parquet (+ JSON sidecar) per run, atomic writes, versioned schema.
 
 ``RUNS_DIR/<run_id>.parquet`` holds one row per (run, probe step) with the columns of
-:data:`SCHEMA`; ``RUNS_DIR/<run_id>.json`` holds the resolved spec, versions and status.
-Nothing here imports torch.
+:data:`SCHEMA`; ``RUNS_DIR/<run_id>.json`` (the sidecar) holds the resolved spec, the content
+fingerprints of what the run read (``inputs``), versions and status. Every file is written
+atomically (a temporary file, then a rename) and verified when read: a file that does not read
+back is reported by name (:class:`CorruptFile`), and the sweep moves it aside into
+``RUNS_DIR/.corrupt/`` and runs its run again. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,12 +22,13 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "load_runs", "write_rows", "write_json", "read_json",
-           "run_status", "run_lock", "SchemaError", "RunLocked"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "load_runs", "write_rows", "write_table", "write_json", "read_json", "read_meta",
+           "read_rows", "run_status", "run_lock", "move_aside", "SchemaError", "CorruptFile", "RunLocked",
+           "COMPLETE"]
 
 SCHEMA_VERSION = 1
 
-#: column -> pandas dtype, in DESIGN.md order. Method knobs may add columns after these.
+#: column -> pandas dtype, in DESIGN.md order. Method settings may add columns after these.
 SCHEMA: dict[str, str] = {
     "run_id": "string", "sweep": "string", "method": "string", "model": "string",
     "dataset": "string", "reference": "string",
@@ -39,6 +46,14 @@ COMPLETE = ("complete", "diverged")  # statuses a rerun does not redo
 
 class SchemaError(ValueError):
     """A results file this version of the toolkit cannot read."""
+
+
+class CorruptFile(ValueError):
+    """A file of the store that does not read back (truncated, not what its name says)."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
 
 
 class RunLocked(RuntimeError):
@@ -62,9 +77,14 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
 
+def write_table(path: Path, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as parquet, atomically."""
+    _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+
+
 def write_rows(path: Path, rows: list[dict]) -> None:
-    """Write rows as parquet, atomically."""
-    _atomic(Path(path), lambda tmp: to_frame(rows).to_parquet(tmp, index=False))
+    """Write a run's rows as parquet, atomically, with the schema's dtypes."""
+    write_table(path, to_frame(rows))
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -73,15 +93,68 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def read_json(path: Path) -> dict | None:
+    """A JSON document, or None if the file does not exist; :class:`CorruptFile` if it is not JSON."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFile(path, f"not a JSON document ({exc})") from None
+    if not isinstance(obj, dict):
+        raise CorruptFile(path, f"holds a {type(obj).__name__}, not a JSON object")
+    return obj
 
 
-def run_status(runs_dir: Path, run_id: str) -> str | None:
-    """'complete', 'diverged', 'running', 'failed' or None (never started)."""
-    meta = read_json(Path(runs_dir) / f"{run_id}.json")
-    status = meta.get("status") if meta else None
-    if status in COMPLETE and not (Path(runs_dir) / f"{run_id}.parquet").exists():
+#: A run's sidecar is its JSON file; :func:`read_meta` reads one.
+read_meta = read_json
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """A run's rows from its parquet file; :class:`CorruptFile` if it does not read back whole."""
+    try:
+        frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pyarrow raises several kinds for a truncated or foreign file
+        raise CorruptFile(path, f"not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if "schema_version" not in frame or "run_id" not in frame:
+        raise CorruptFile(path, "not a run file of forgetting-laws (no schema_version / run_id columns)")
+    return frame
+
+
+def move_aside(path: Path, runs_dir: Path) -> Path:
+    """Move ``path`` (a file or folder of RUNS_DIR) into ``RUNS_DIR/.corrupt/`` with a time stamp."""
+    target = Path(runs_dir) / ".corrupt" / f"{Path(path).name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(target))
+    return target
+
+
+def run_status(runs_dir: Path, run_id: str, repair: bool = False) -> str | None:
+    """'complete', 'diverged', 'running', 'failed' or None (never started, or nothing usable left).
+
+    A complete run's result file is read back. With ``repair``, a sidecar or result file that
+    does not read back is moved aside (named in a warning) and the run counts as not started;
+    without it such a file raises :class:`CorruptFile`.
+    """
+    runs_dir = Path(runs_dir)
+    sidecar, result = runs_dir / f"{run_id}.json", runs_dir / f"{run_id}.parquet"
+    try:
+        meta = read_meta(sidecar)
+        status = meta.get("status") if meta else None
+        if status in COMPLETE:
+            if not result.exists():
+                return None
+            _check_version(read_rows(result), result)
+    except (CorruptFile, SchemaError) as exc:
+        if not repair:
+            raise
+        for path in (sidecar, result):
+            if path.exists():
+                moved = move_aside(path, runs_dir)
+                warnings.warn(f"{exc}; moved {path.name} to {moved}, and run {run_id} will be run again",
+                              stacklevel=2)
         return None
     return status
 
@@ -104,22 +177,30 @@ def run_lock(runs_dir: Path, run_id: str) -> Iterator[None]:
         lock.release()
 
 
-def _read_one(path: Path) -> pd.DataFrame:
-    frame = pd.read_parquet(path)
-    versions = set(frame["schema_version"].unique()) if "schema_version" in frame else {None}
+def _check_version(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    versions = set(frame["schema_version"].unique())
     if versions != {SCHEMA_VERSION}:
-        raise SchemaError(
-            f"{path}: schema_version {sorted(map(str, versions))} is not supported by this version "
-            f"(which reads {SCHEMA_VERSION}); upgrade forgetting-laws or rerun the sweep"
-        )
+        raise SchemaError(f"{path}: schema_version {sorted(map(int, versions))} is not supported by this version "
+                          f"of forgetting-laws (which reads {SCHEMA_VERSION}); read it with a forgetting-laws "
+                          f"that writes that version (pip install -U forgetting-laws)")
     return frame
+
+
+def _run_files(path: Path, include_partial: bool) -> list[Path]:
+    files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+    if include_partial:  # checkpoints of runs not yet complete (a finished run's are left-overs)
+        done = {p.stem for p in files}
+        files += sorted(p for p in path.glob(".checkpoints/*/rows.parquet") if p.parent.name not in done)
+    return files
 
 
 def load_runs(path: str | Path, include_partial: bool = False) -> pd.DataFrame:
     """All runs under ``path`` (a RUNS_DIR or one parquet file) as one DataFrame.
 
     Each row is one (run, probe step); see :data:`SCHEMA`. Runs still in progress are left out
-    unless ``include_partial``.
+    unless ``include_partial``. In a folder, a file that does not read back, or that is not a
+    run file, is skipped with a warning naming it (``forgetting-laws sweep`` moves such files
+    aside and runs their runs again); a file of another schema version is an error.
 
     Example
     -------
@@ -128,14 +209,16 @@ def load_runs(path: str | Path, include_partial: bool = False) -> pd.DataFrame:
     """
     path = Path(path)
     if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(path.glob("*.parquet"))
-        if include_partial:
-            files += sorted(path.glob(".checkpoints/*/rows.parquet"))
-    else:
+        return _check_version(read_rows(path), path).sort_values(["run_id", "step"], ignore_index=True)
+    if not path.is_dir():
         raise FileNotFoundError(f"no runs at {str(path)!r}: expected a RUNS_DIR or a .parquet file")
-    if not files:
-        raise FileNotFoundError(f"no run parquet files in {str(path)!r}; run `forgetting-laws sweep SPEC --out {path}` first")
-    frames = [_read_one(f) for f in files]
+    frames = []
+    for f in _run_files(path, include_partial):
+        try:
+            frames.append(_check_version(read_rows(f), f))
+        except CorruptFile as exc:
+            warnings.warn(f"skipped {exc}", stacklevel=2)
+    if not frames:
+        raise FileNotFoundError(f"no readable run parquet files in {str(path)!r}; run "
+                                f"`forgetting-laws sweep SPEC --out {path}` first")
     return pd.concat(frames, ignore_index=True).sort_values(["run_id", "step"], ignore_index=True)

@@ -1,6 +1,8 @@
 import pytest
 
-from forgetting_laws.measure.config import ConfigError, ProbeSection, SweepSpec, load_spec
+from forgetting_laws.measure.spec import ConfigError, SweepSpec, load_spec
+
+from forgetting_laws.measure.config import ProbeSection
 from conftest import REPO
 
 
@@ -36,10 +38,10 @@ def test_int_is_accepted_for_float_field():
     ({"grid": {"lora.rank": 4}}, r"must be a non-empty list"),
     ({"train": {"optimizer": "adam"}}, r"train.optimizer = 'adam'; allowed values: 'adamw', 'adafactor', 'sgd'"),
     ({"train": {"max_steps": "ten"}}, r"train.max_steps = 'ten' has type str, expected int"),
-    ({"probe": {"steps": "linear"}}, r"probe.steps = 'linear'; use 'log' or a list"),
-    ({"probe": {"lm_eval": {"tasks": []}}}, r"probe.lm_eval.tasks = \[\]; give a non-empty list of task names"),
-    ({"probe": {"lm_eval": {"tasks": ["a"], "limit": -1}}}, r"probe.lm_eval.limit = -1, .* must be >= 0"),
-    ({"probe": {"lm_eval": {"tasks": ["a"], "steps": "log"}}}, r"probe.lm_eval.steps = 'log'; use 'all' or a list"),
+    ({"probe": {"steps": "linear"}}, r"probe.steps = 'linear', use 'log' or a list"),
+    ({"probe": {"lm_eval": {"tasks": []}}}, r"probe.lm_eval.tasks = \[\], give a non-empty list of task names"),
+    ({"probe": {"lm_eval": {"tasks": ["a"], "limit": -1}}}, r"probe.lm_eval.limit = -1, must be >= 0"),
+    ({"probe": {"lm_eval": {"tasks": ["a"], "steps": "log"}}}, r"probe.lm_eval.steps = 'log', use 'all' or a list"),
     ({"probe": {"lm_eval": {"task": ["a"]}}}, r"unknown field probe.lm_eval.task; fields of \[probe.lm_eval\]: tasks"),
     ({"probe": {"lm_eval": ["a"]}}, r"probe.lm_eval = \['a'\]; write it as a table: \[probe.lm_eval\]"),
     ({"probe": {"refusal": {"max_new_tokens": 0}}}, r"probe.refusal.max_new_tokens = 0, must be > 0"),
@@ -94,7 +96,8 @@ def test_lm_eval_sub_tables_enter_the_run_id_only_when_set():
 
 
 def test_sub_probe_steps_join_the_schedule():
-    p = spec(probe={"steps": [5], "lm_eval": {"tasks": ["t"], "steps": [3, 99]}, "refusal": {}}).base.probe
+    p = spec(train={"max_steps": 20}, probe={"steps": [5], "lm_eval": {"tasks": ["t"], "steps": [3]},
+                                              "refusal": {}}).base.probe
     assert p.schedule(20) == [0, 3, 5, 20]
     assert p.sub_schedule("lm_eval", 20) == [0, 3, 20]
     assert p.sub_schedule("refusal", 20) == [0, 5, 20]  # 'all': the main schedule

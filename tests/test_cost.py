@@ -5,7 +5,7 @@ import re
 import pytest
 
 from forgetting_laws.cli import main
-from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.spec import ConfigError, SweepSpec, load_spec
 from forgetting_laws.measure.estimate import KNOWN_SHAPES, ModelShape, gpu_hours, lora_params, memory_gb, model_shape, run_flops
 from conftest import REPO
 

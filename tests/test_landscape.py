@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from forgetting_laws.cli import main
-from forgetting_laws.measure.config import SweepSpec, load_spec
+from forgetting_laws.measure.spec import SweepSpec, load_spec
 from forgetting_laws.measure.landscape import (DeltaWSpace, LoraSpace, ascent_sharpness, barriers, eps_sharpness,
                                        eval_functions, filter_normalized, hutchinson_trace, linear_path,
                                        random_direction, rank_correlation)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from forgetting_laws.measure.config import ConfigError, SweepSpec
+from forgetting_laws.measure.spec import ConfigError, SweepSpec
 from forgetting_laws.measure.evals import REFUSAL_MARKERS, check_tasks, is_refusal
 from forgetting_laws.measure.evals.datasets import DATA_DIR, read_prompts
 from forgetting_laws.measure.evals.harness import LmEvalProber, RefusalProber, evaluate_tasks, require_lm_eval
@@ -167,7 +167,7 @@ def test_generation_goes_through_lm_eval_with_the_configured_length(tiny):
 
 
 def test_a_run_records_lm_eval_columns_at_their_steps(tiny_spec_file, tmp_path):
-    from forgetting_laws.measure.config import load_spec
+    from forgetting_laws.measure.spec import load_spec
     from forgetting_laws.store import load_runs
     from forgetting_laws.analyse.standard import FIGURES, write_figures
     from forgetting_laws.measure.sweep import run_sweep

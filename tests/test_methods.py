@@ -12,14 +12,14 @@ from scipy import stats
 
 from forgetting_laws import load_runs
 from forgetting_laws.cli import main
-from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.spec import ConfigError, SweepSpec, load_spec
 from forgetting_laws.measure.methods import make_method, method_names
 from forgetting_laws.measure.methods.ilora import ReservoirBuffer, consistency_loss
 from forgetting_laws.measure.methods.replay import replay_pool
-from forgetting_laws.measure.models import load_model, model_fingerprint
 from forgetting_laws.measure.probes import ProbeData, probe
+from forgetting_laws.measure.setup import prepare_run
 from forgetting_laws.measure.sweep import run_sweep
-from forgetting_laws.measure.train import build_trainer, prepare_data
+from forgetting_laws.measure.train import build_trainer
 
 TINY = {"sweep": {"name": "tiny"}, "model": {"name": "tiny-random-llama"},
         "data": {"seq_len": 32, "heldout_blocks": 4, "reference_blocks": 4},
@@ -32,13 +32,10 @@ def tiny_run(method=None, **train):
 
 
 def setup(spec, n_blocks=None):
-    """(method, peft model, training blocks) of a tiny run, data prepared as run_one does."""
-    method = make_method(spec)
-    model, tok = load_model("tiny-random-llama")
-    key = model_fingerprint(model)
-    train, _, _ = prepare_data(spec, tok, key)
-    method.prepare_data(tok, key)
-    return method, method.build_model(model), train[:n_blocks] if n_blocks else train
+    """(method, peft model, training blocks) of a tiny run, set up as run_one does."""
+    ctx = prepare_run(spec)
+    train = ctx.data.train
+    return ctx.method, ctx.method.build_model(ctx.model), train[:n_blocks] if n_blocks else train
 
 
 def trainable(model):
@@ -177,7 +174,7 @@ def test_reservoir_state_round_trips():
 
 def test_probes_evaluate_the_slow_adapter_by_default(tmp_path):
     spec = ilora_run(0.9)
-    assert spec.method.resolved()["eval_adapter"] == "slow"
+    assert spec.method.config.eval_adapter == "slow"
     method, model, blocks = setup(spec)
     build_trainer(spec, method, model, blocks, tmp_path).train()
     ids = torch.from_numpy(blocks[:4])
@@ -236,10 +233,9 @@ def test_replay_fraction_of_each_batch_is_as_configured(ratio, batch, n, tmp_pat
 @pytest.mark.parametrize("replay", ["python-docs", "lee-news"])
 def test_replay_blocks_never_overlap_the_probe_blocks(replay):
     spec = tiny_run({"name": "replay", "replay": replay})
-    model, tok = load_model("tiny-random-llama")
-    key = model_fingerprint(model)
-    _, heldout, reference = prepare_data(spec, tok, key)
-    pool = {bytes(b) for b in replay_pool(spec, tok, key)}
+    ctx = prepare_run(spec)
+    heldout, reference = ctx.data.heldout, ctx.data.reference
+    pool = {bytes(b) for b in replay_pool(spec, ctx.tokenizer, ctx.model_key)[0]}
     assert len(pool) > 10
     assert not pool & {bytes(b) for b in reference} and not pool & {bytes(b) for b in heldout}
 
@@ -265,7 +261,7 @@ def test_run_id_ignores_other_methods_knobs():
 def test_method_grid_expands_once_per_distinct_run():
     raw = {**TINY, "method": {"rho": 0.1}, "grid": {"method.name": ["lora", "sam"], "method.rho": [0.1, 0.2]}}
     runs = SweepSpec.from_dict(raw).expand()
-    assert [(r.method.name, r.method.knobs.get("rho")) for r in runs] == [("lora", None), ("sam", 0.1), ("sam", 0.2)]
+    assert [(r.method.name, r.method.settings.get("rho")) for r in runs] == [("lora", None), ("sam", 0.1), ("sam", 0.2)]
 
 
 @pytest.mark.parametrize("method, match", [
@@ -275,7 +271,7 @@ def test_method_grid_expands_once_per_distinct_run():
     ({"name": "sam", "adaptive": "yes"}, r"method.adaptive = 'yes' has type str, expected bool"),
     ({"name": "ilora", "ema": 1.5}, r"method.ema = 1.5, must be in \[0, 1\]"),
     ({"name": "ilora", "eval_adapter": "mean"}, r"method.eval_adapter = 'mean'; allowed values: 'slow', 'fast'"),
-    ({"name": "ilora", "buffer_size": 0}, r"method.buffer_size = 0, must be >= 1"),
+    ({"name": "ilora", "buffer_size": 0}, r"method.buffer_size = 0, must be > 0"),
     ({"name": "replay", "replay_ratio": 1.0}, r"method.replay_ratio = 1.0, must be in \(0, 1\)"),
     ({"name": "replay", "replay_ratio": 0.1}, r"method.replay_ratio = 0.1 gives 0 replay blocks in a batch of train.batch_size = 2"),
 ])

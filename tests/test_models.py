@@ -28,7 +28,7 @@ def test_unknown_model_lists_aliases():
 def test_real_smollm2_two_steps(tmp_path):
     """Two LoRA steps of the real SmolLM2-135M: loads (GGUF -> cache), trains, probes."""
     from forgetting_laws import load_runs
-    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.spec import SweepSpec
     from forgetting_laws.measure.sweep import run_sweep
 
     spec = SweepSpec.from_dict({

@@ -4,22 +4,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forgetting_laws.measure.config import SweepSpec
-from forgetting_laws.measure.models import load_model, model_fingerprint
+from forgetting_laws.measure.spec import SweepSpec
 from forgetting_laws.measure.probes import ProbeData, base_targets, lm_loss, probe
 from forgetting_laws.measure.methods.lora import lora_model
-from forgetting_laws.measure.train import prepare_data
+from forgetting_laws.measure.setup import prepare_run
 
 
 def setup(seq_len=32, n=6):
     spec = SweepSpec.from_dict({"model": {"name": "tiny-random-llama"},
                                 "data": {"seq_len": seq_len, "heldout_blocks": n, "reference_blocks": n}}).base
-    model, tok = load_model("tiny-random-llama")
-    key = model_fingerprint(model)
-    train, heldout, ref = prepare_data(spec, tok, key)
-    ref = torch.from_numpy(ref)
-    data = ProbeData(ref, base_targets(model, ref, key, batch_size=4), torch.from_numpy(heldout))
-    return spec, model, data, key
+    ctx = prepare_run(spec)
+    ref = torch.from_numpy(ctx.data.reference)
+    data = ProbeData(ref, base_targets(ctx.model, ref, ctx.model_key, batch_size=4), torch.from_numpy(ctx.data.heldout))
+    return spec, ctx.model, data, ctx.model_key
 
 
 def hand_ce(model, ids, targets):

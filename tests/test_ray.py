@@ -15,7 +15,7 @@ import ray
 
 from forgetting_laws import load_runs
 from forgetting_laws.cli import main
-from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.spec import ConfigError, SweepSpec, load_spec
 from forgetting_laws.measure.sweep import run_sweep
 
 TESTS = Path(__file__).resolve().parent

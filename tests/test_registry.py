@@ -2,7 +2,7 @@ import pytest
 
 from forgetting_laws.measure.corpora import register_corpus
 from forgetting_laws.registry import Registry
-from forgetting_laws.measure.sweep import register_executor
+from forgetting_laws.measure.executors import register_executor
 
 
 def test_registering_a_name_twice_names_it():

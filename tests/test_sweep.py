@@ -13,7 +13,7 @@ import pytest
 
 from forgetting_laws import load_runs
 from forgetting_laws.cli import main
-from forgetting_laws.measure.config import load_spec
+from forgetting_laws.measure.spec import load_spec
 from forgetting_laws.store import SCHEMA, SCHEMA_VERSION, RunLocked, SchemaError, run_lock
 from forgetting_laws.measure.sweep import run_sweep
 
@@ -64,7 +64,7 @@ def test_forget_kl_when_asked(tiny_spec_file, tmp_path):
     spec = load_spec(tiny_spec_file(max_steps=4, ranks=(2,)).with_name("tiny.toml"))
     raw = spec.to_dict()
     raw["probe"]["forget_kl"] = True
-    from forgetting_laws.measure.config import SweepSpec
+    from forgetting_laws.measure.spec import SweepSpec
 
     run_sweep(SweepSpec.from_dict(raw), tmp_path, progress=False)
     df = load_runs(tmp_path)
@@ -145,12 +145,12 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_spec_file, tmp_path):
 
 def test_unknown_schema_version_is_refused(tmp_path):
     pd.DataFrame({"run_id": ["x"], "step": [0], "schema_version": [99]}).to_parquet(tmp_path / "x.parquet")
-    with pytest.raises(SchemaError, match=r"schema_version \['99'\] is not supported"):
+    with pytest.raises(SchemaError, match=r"schema_version \[99\] is not supported.*pip install -U forgetting-laws"):
         load_runs(tmp_path)
 
 
 def test_load_runs_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no run parquet files"):
+    with pytest.raises(FileNotFoundError, match="no readable run parquet files"):
         load_runs(tmp_path)
     with pytest.raises(FileNotFoundError, match="no runs at"):
         load_runs(tmp_path / "nowhere")

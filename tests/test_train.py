@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from forgetting_laws import load_runs
-from forgetting_laws.measure.config import ConfigError, SweepSpec, load_spec
+from forgetting_laws.measure.spec import ConfigError, SweepSpec, load_spec
 from forgetting_laws.measure.distributed import accumulation_per_device
 from forgetting_laws.measure.sweep import run_sweep
-from forgetting_laws.measure.train import _training_args, resolve_device
+from forgetting_laws.measure.setup import resolve_device
+from forgetting_laws.measure.train import _training_args
 
 VALUE_COLS = ["ft_loss", "ft_train_loss", "forget_loss", "ref_loss", "agreement"]
 

@@ -62,9 +62,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import RunSpec, SweepSpec
+from .spec import RunSpec, SweepSpec
 from ..errors import ConfigError
-from ..store import read_json, write_json
+from ..store import read_json, write_json, write_table
 
 __all__ = ["cl_metrics", "ContinualSpec", "TaskSequence", "load_continual_spec", "run_sequence",
            "run_continual", "load_continual", "cl_matrix", "cl_summary", "format_matrix", "adapter_dir", "COLUMNS", "SIGN_NOTE",
@@ -200,7 +200,7 @@ def _check_sequence(seq: TaskSequence) -> None:
             f"data.reference = {d.reference!r} is also a task: set data.reference_blocks = data.heldout_blocks "
             f"(now {d.reference_blocks} and {d.heldout_blocks}) so the probe blocks are exactly that task's "
             "held-out blocks, which no task trains on")
-    replay = seq.spec.method.resolved().get("replay")
+    replay = getattr(seq.spec.method.config, "replay", None)
     if replay in seq.tasks and replay not in (seq.tasks[0], d.reference):
         raise ConfigError(
             f"method.replay = {replay!r} is a later task of the sequence, so its held-out blocks would be "
@@ -227,27 +227,16 @@ class _Session:
     """What one sequence run holds: model, method, every task's blocks, the probe data."""
 
     def __init__(self, seq: TaskSequence):
-        import torch
-
-        from .methods import make_method
-        from .models import load_model, model_fingerprint
-        from .probes import ProbeData, base_targets
-        from .train import prepare_data, resolve_device
+        from .setup import load_data, prepare_run
 
         self.seq = seq
-        spec = seq.task_spec(0)
-        self.device, self.dtype = resolve_device(spec)
-        model, tok = load_model(spec.model.name, self.dtype)
-        key = model_fingerprint(model)
+        ctx = prepare_run(seq.task_spec(0))  # the model, the method and its data, task 1's blocks
+        self.device, self.dtype, self.method = ctx.device, ctx.dtype, ctx.method
         # (train (N, T), held-out (H, T), reference (R, T)) per task
-        self.data = [prepare_data(seq.task_spec(k), tok, key) for k in range(len(seq.tasks))]
-        self.method = make_method(spec)
-        self.method.prepare_data(tok, key)
-        model.to(self.device)
-        ref = torch.from_numpy(self.data[0][2])
-        self.probe = ProbeData(ref, base_targets(model, ref, key, spec.probe.batch_size),
-                               torch.from_numpy(self.data[0][1]))
-        self.model = self.method.build_model(model)
+        self.data = [ctx.data] + [load_data(seq.task_spec(k), ctx.tokenizer, ctx.model_key)[0]
+                                  for k in range(1, len(seq.tasks))]
+        self.probe = ctx.probe_data
+        self.model = self.method.build_model(ctx.model)
 
     def evaluate(self) -> list[dict]:
         """Rows (eval_task, eval_index, metric, value) of the model the method's probes read."""
@@ -262,9 +251,9 @@ class _Session:
         model.eval()
         try:
             with self.method.probe_model(model) as probed:
-                for i, (name, (_, heldout, _)) in enumerate(zip(self.seq.tasks, self.data), start=1):
+                for i, (name, data) in enumerate(zip(self.seq.tasks, self.data), start=1):
                     rows.append({"eval_task": name, "eval_index": i, "metric": TASK_METRIC,
-                                 "value": lm_loss(probed, torch.from_numpy(heldout), bs)})
+                                 "value": lm_loss(probed, torch.from_numpy(data.heldout), bs)})
                 ref = forget_probe(probed, self.probe, bs, kl=False)
                 for metric in ("forget_loss", "ref_loss", "agreement"):
                     rows.append({"eval_task": spec.data.reference, "eval_index": 0, "metric": metric,
@@ -284,10 +273,10 @@ class _Session:
                     on_step(state.global_step)
 
         spec = self.seq.task_spec(k)
-        trainer = build_trainer(spec, self.method, self.model, self.data[k][0], work, [_Progress()],
+        trainer = build_trainer(spec, self.method, self.model, self.data[k].train, work, [_Progress()],
                                 self.device, self.dtype)
         trainer.train()
-        self.method.end_task(self.data[k][0])
+        self.method.end_task(self.data[k].train)
 
 
 def _row_base(seq: TaskSequence) -> dict:
@@ -303,9 +292,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _write_frame(path: Path, rows: list[dict]) -> None:
-    from ..store import _atomic
-
-    _atomic(path, lambda tmp: _frame(rows).to_parquet(tmp, index=False))
+    write_table(path, _frame(rows))
 
 
 def _save_resume(session: _Session, folder: Path, done: int) -> None:
@@ -328,7 +315,7 @@ def _load_resume(session: _Session, folder: Path) -> int:
     if not done:
         return 0
     for k in range(done):  # the method's pools grow task by task, as in the first run
-        session.method.end_task(session.data[k][0])
+        session.method.end_task(session.data[k].train)
     trained = load_file(folder / "trainable.safetensors")
     params = dict(session.model.named_parameters())
     with torch.no_grad():
@@ -351,6 +338,7 @@ def run_sequence(seq: TaskSequence, out: str | Path, progress: bool = True) -> d
     """
     from tqdm.auto import tqdm
 
+    from .compiling import compiled, wants_compile
     from .train import save_adapter
 
     out = Path(out)
@@ -377,7 +365,9 @@ def run_sequence(seq: TaskSequence, out: str | Path, progress: bool = True) -> d
 
     if not rows:
         record(0)
-    with tqdm(total=len(seq.tasks) * steps, initial=done * steps, desc=sid, disable=not progress) as bar:
+    compile_rank = seq.spec.lora.rank if wants_compile(seq.spec.train.compile, session.device.type) else None
+    with tqdm(total=len(seq.tasks) * steps, initial=done * steps, desc=sid, disable=not progress) as bar, \
+         compiled(session.model, compile_rank):
         for k in range(done, len(seq.tasks)):
             bar.set_postfix_str(f"task {k + 1}/{len(seq.tasks)}: {seq.tasks[k]}")
             session.train_task(k, out / ".work" / sid, on_step=lambda s, k=k: bar.update(k * steps + s - bar.n))

@@ -27,12 +27,12 @@ from typing import Callable
 
 import numpy as np
 
+from ..cache import cache_dir
 from ..errors import ConfigError
-from .models import cache_dir
 from ..registry import Registry
 
 __all__ = ["register_corpus", "corpus_names", "check_corpus_name", "parse_hf_name", "load_documents",
-           "token_blocks", "split_blocks"]
+           "documents_fingerprint", "token_blocks", "split_blocks"]
 
 _CORPORA: Registry[Callable[[], list[str]]] = Registry("corpus")
 _LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -122,19 +122,42 @@ def _hf_documents(name: str) -> list[str]:
     return [d for d in docs if d.strip()]
 
 
-def _local_documents(path: Path) -> list[str]:
-    if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        return [d.strip() for d in text.split("\n\n") if d.strip()]
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [r["text"] if isinstance(r, dict) else str(r) for r in rows]
-    import pandas as pd
+def _local_documents(path: Path, field: str) -> list[str]:
+    where = f"{field} = {str(path)!r}"
+    if path.suffix == ".parquet":
+        import pandas as pd
 
-    frame = pd.read_parquet(path)
-    if "text" not in frame.columns:
-        raise ConfigError(f"corpus file {str(path)!r} has no 'text' column; columns: {list(frame.columns)}")
-    return [t for t in frame["text"].tolist() if isinstance(t, str) and t.strip()]
+        frame = pd.read_parquet(path)
+        if "text" not in frame.columns:
+            raise ConfigError(f"{where}: the parquet file has no 'text' column; columns: {list(frame.columns)}")
+        return [t for t in frame["text"].tolist() if isinstance(t, str) and t.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    if path.suffix == ".txt":
+        return [d.strip() for d in text.split("\n\n") if d.strip()]
+    return _jsonl_documents(text, where)
+
+
+def _jsonl_documents(text: str, where: str) -> list[str]:
+    """One document per line: a JSON object's ``text`` field, or a JSON string."""
+    docs = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}, line {i}: not JSON ({exc.msg}); write one JSON object per line") from None
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            docs.append(row["text"])
+        elif isinstance(row, str):
+            docs.append(row)
+        else:
+            raise ConfigError(f"{where}, line {i}: no 'text' field holding a string; write one object per line "
+                              'such as {"text": "..."}')
+    return [d for d in docs if d.strip()]
 
 
 def check_corpus_name(name: str, field: str = "data.dataset") -> None:
@@ -155,35 +178,47 @@ def check_corpus_name(name: str, field: str = "data.dataset") -> None:
 
 
 def load_documents(name: str, field: str = "data.dataset") -> list[str]:
-    """The documents of corpus ``name`` (a registered name, ``hf:...`` or a local file)."""
+    """The documents of corpus ``name`` (a registered name, ``hf:...`` or a local file).
+
+    Raises :class:`ConfigError` naming ``field`` when the corpus cannot be read or holds no text.
+    """
     check_corpus_name(name, field)
     if name in _CORPORA:
-        return _CORPORA[name]()
-    if name.startswith("hf:"):
-        return _hf_documents(name)
-    return _local_documents(Path(name))
+        docs = _CORPORA[name]()
+    elif name.startswith("hf:"):
+        docs = _hf_documents(name)
+    else:
+        docs = _local_documents(Path(name), field)
+    if not docs:
+        raise ConfigError(f"{field} = {name!r} holds no text (0 non-empty documents); point it at a corpus with text")
+    return docs
 
 
-def _corpus_key(name: str) -> str:
-    path = Path(name)
-    if path.suffix in _LOCAL_SUFFIXES and path.is_file():
-        st = path.stat()
-        return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
-    return name
+def documents_fingerprint(docs: list[str]) -> str:
+    """A content hash of a corpus: its documents, in order (what a run's identity records)."""
+    h = hashlib.blake2b(digest_size=16)
+    for doc in docs:
+        data = doc.encode("utf-8", errors="surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 def token_blocks(name: str, tokenizer, seq_len: int, tokenizer_id: str,
-                 field: str = "data.dataset") -> np.ndarray:
+                 field: str = "data.dataset") -> tuple[np.ndarray, str]:
     """Tokenise corpus ``name`` and pack it into blocks of ``seq_len`` tokens, cached on disk.
 
     Documents are joined with the tokenizer's EOS token between them; the tail that does not
-    fill a block is dropped. Returns an int64 array of shape (n_blocks, seq_len).
+    fill a block is dropped. Returns the blocks, an int64 array (n_blocks, seq_len), and the
+    corpus's content fingerprint (:func:`documents_fingerprint`). The cache is keyed by the
+    content, so an edited file or another Python's docs are tokenised afresh.
     """
-    key = hashlib.sha1(f"{_corpus_key(name)}|{tokenizer_id}|{seq_len}".encode()).hexdigest()[:16]
+    docs = load_documents(name, field)
+    fingerprint = documents_fingerprint(docs)
+    key = hashlib.sha1(f"{fingerprint}|{tokenizer_id}|{seq_len}".encode()).hexdigest()[:16]
     path = cache_dir() / "blocks" / f"{key}.npy"
     if path.exists():
-        return np.load(path)
-    docs = load_documents(name, field)
+        return np.load(path), fingerprint
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for ids_doc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
@@ -195,20 +230,18 @@ def token_blocks(name: str, tokenizer, seq_len: int, tokenizer_id: str,
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
     np.save(tmp, blocks)
     os.replace(tmp, path)
-    return blocks
+    return blocks, fingerprint
 
 
-def split_blocks(blocks: np.ndarray, n_first: int, seed: int, field: str, name: str,
-                 min_rest: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_blocks(blocks: np.ndarray, n_first: int, seed: int, field: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle blocks with ``seed`` and return (first ``n_first`` blocks, the rest).
 
     The split depends only on the corpus, the block length and ``seed``, so two runs that share
     them share their held-out blocks.
     """
-    if n_first + min_rest > len(blocks):
+    if n_first > len(blocks):
         raise ConfigError(
-            f"{field} = {n_first}: corpus {name!r} has only {len(blocks)} blocks of this length "
-            f"(and {min_rest} are needed besides); lower {field} or data.seq_len, or use a larger corpus"
-        )
+            f"{field} = {n_first}: corpus {name!r} has only {len(blocks)} blocks of this length; "
+            f"lower {field} or data.seq_len, or use a larger corpus")
     order = np.random.default_rng(seed).permutation(len(blocks))
     return blocks[order[:n_first]], blocks[order[n_first:]]

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import RunSpec
+    from .spec import RunSpec
 
 __all__ = ["ModelShape", "KNOWN_SHAPES", "GPUS", "model_shape", "shape_from_config", "lora_params",
            "step_flops", "run_flops",

@@ -184,9 +184,10 @@ class LoadedAdapter:
 
     def blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(train, held-out, reference) blocks of the adapter's run, as the run split them."""
-        from .train import prepare_data
+        from .setup import load_data
 
-        return prepare_data(self.spec, self.tokenizer, self.key)
+        data = load_data(self.spec, self.tokenizer, self.key)[0]
+        return data.train, data.heldout, data.reference
 
     def probe_data(self, batch_size: int = 8):
         """The forgetting probe's data (reference blocks and the base model's targets)."""
@@ -201,16 +202,16 @@ class LoadedAdapter:
 
 def load_adapter(path: str | Path) -> LoadedAdapter:
     """Load an adapter folder written by ``continual`` or by a sweep with ``[train] save_adapter =
-    true`` onto the base model named in its saved spec."""
+    true`` onto the base model named in its saved spec (model, dtype, attention and device as
+    that spec says; landscape analyses evaluate eagerly: ``train.compile`` applies to training)."""
     from peft import PeftModel
 
-    from .models import load_model, model_fingerprint
-    from .train import adapter_spec, resolve_device
+    from .setup import load_base, resolve_device
+    from .train import adapter_spec
 
     spec = adapter_spec(path)
     device, dtype = resolve_device(spec)
-    base, tok = load_model(spec.model.name, dtype)
-    key = model_fingerprint(base)
+    base, tok, key = load_base(spec, dtype)
     model = PeftModel.from_pretrained(base, str(path)).to(device)
     model.eval()
     return LoadedAdapter(model, tok, spec, key)

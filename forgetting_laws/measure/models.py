@@ -201,7 +201,12 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, attention:
         if not path.is_file():
             raise ConfigError(f"model.name = {name_or_path!r}: no such .gguf file")
         model, tok = _load_gguf(path, dtype, attention)
-    elif Path(name_or_path).is_dir() or "/" in name_or_path:  # a local directory or a hub id
+    elif Path(name_or_path).is_dir():
+        model, tok = _load_dir(name_or_path, dtype, attention)
+    elif _looks_like_path(name_or_path):
+        raise ConfigError(f"model.name = {name_or_path!r}: no such model directory; give an existing folder "
+                          f"with config.json and weights, a .gguf file, a hub id or one of {', '.join(model_aliases())}")
+    elif "/" in name_or_path:  # a hub id (owner/name)
         model, tok = _load_dir(name_or_path, dtype, attention)
     else:
         raise ConfigError(
@@ -214,10 +219,23 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, attention:
     return model, tok
 
 
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a local path: absolute, ./ or ../ or ~, or more than owner/name."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
 def model_fingerprint(model) -> str:
-    """A short hash of a model's configuration and a sample of its weights (cache keys)."""
-    h = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    """A hash of a model's configuration and of every byte of its weights and buffers.
+
+    The run's identity and the caches of its base targets are keyed by it, so a changed model
+    (another revision of a hub model, an edited local folder) is never mistaken for the old one.
+    Private and version-stamp config keys (``_name_or_path``, ``transformers_version``) are left
+    out: they say where the weights came from, not what they are.
+    """
+    cfg = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    h = hashlib.blake2b(json.dumps(cfg, sort_keys=True, default=str).encode(), digest_size=16)
     with torch.no_grad():
-        for _, p in list(model.named_parameters())[:: max(1, len(list(model.parameters())) // 8)]:
-            h.update(p.detach().float().flatten()[:64].numpy().tobytes())
-    return h.hexdigest()[:16]
+        for name, t in model.state_dict().items():
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().data)
+    return h.hexdigest()

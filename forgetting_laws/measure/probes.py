@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import cache_dir
+from ..cache import cache_dir
 
 __all__ = ["ProbeData", "base_targets", "base_probe", "probe", "forget_probe", "lm_loss"]
 

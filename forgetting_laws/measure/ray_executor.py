@@ -1,6 +1,6 @@
 """The ``ray`` executor: each run a Ray task, on a local Ray started on the fly or a cluster.
 
-Each task reserves ``[sweep] num_cpus`` / ``num_gpus`` and runs :func:`sweep.run_locked` in a
+Each task reserves ``[sweep] num_cpus`` / ``num_gpus`` and runs :func:`executors.run_locked` in a
 Ray worker, which writes ``RUNS_DIR/<run_id>.parquet`` and ``.json`` exactly as the local
 executor does (so RUNS_DIR must be a folder every node sees). A task that raises, or whose
 worker dies, is retried ``[sweep] max_retries`` times, resuming from the run's last checkpoint;
@@ -23,12 +23,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import RunSpec
 from ..errors import ConfigError
-from ..store import read_json, write_json
-from .sweep import register_executor
+from .executors import mark_failed, run_locked
+from .spec import RunSpec
 
-__all__ = ["ray_executor", "worker_env"]
+__all__ = ["ray_executor", "worker_env"]  # registered lazily as "ray" by .executors
 
 #: Driver environment variables the workers get besides every ``FORGETTING_LAWS_*`` one.
 PASSED_ENV = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE",
@@ -51,11 +50,11 @@ def worker_env() -> dict[str, str]:
     targets computed once), plugins (``FORGETTING_LAWS_PLUGINS``) and Hugging Face settings,
     and find this copy of the package when it is not installed (a source checkout on PYTHONPATH).
     """
-    from .models import cache_dir
+    from ..cache import cache_dir
 
     env = {k: v for k, v in os.environ.items() if k.startswith("FORGETTING_LAWS_") or k in PASSED_ENV}
     env["FORGETTING_LAWS_CACHE"] = str(cache_dir().resolve())
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the package
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if "site-packages" not in root and root not in paths:
         paths.insert(0, root)
@@ -64,16 +63,15 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def _run_task(run: RunSpec, runs_dir: str, num_cpus: float) -> dict:
+def _run_task(run: RunSpec, runs_dir: str, num_cpus: float, pad_rank: int | None) -> dict:
     """The body of one Ray task (runs in a worker): one run under its lock."""
     import torch
 
     from ..registry import import_plugins
-    from .sweep import run_locked
 
     import_plugins()
     torch.set_num_threads(max(1, int(num_cpus)))  # the CPUs Ray reserved for this run, no more
-    return run_locked(run, Path(runs_dir))
+    return run_locked(run, Path(runs_dir), pad_rank=pad_rank)
 
 
 def _connect(ray, address: str | None, ray_cpus: int | None) -> bool:
@@ -101,7 +99,7 @@ def _check_resources(ray, runs: list[RunSpec]) -> None:
                 f"--address")
 
 
-def _submit(ray, runs: list[RunSpec], runs_dir: Path) -> dict:
+def _submit(ray, runs: list[RunSpec], runs_dir: Path, pad_ranks: dict) -> dict:
     task = ray.remote(_run_task)
     env = {"env_vars": worker_env()}
     refs = {}
@@ -109,20 +107,9 @@ def _submit(ray, runs: list[RunSpec], runs_dir: Path) -> dict:
         s = run.sweep
         ref = task.options(num_cpus=s.num_cpus, num_gpus=s.num_gpus, max_retries=s.max_retries,
                            retry_exceptions=True, runtime_env=env, name=f"run-{run.run_id}"
-                           ).remote(run, str(runs_dir), s.num_cpus)
+                           ).remote(run, str(runs_dir), s.num_cpus, pad_ranks.get(run.run_id))
         refs[ref] = run
     return refs
-
-
-def mark_failed(run: RunSpec, runs_dir: Path, error: BaseException) -> dict:
-    """Record a run that failed after its retries: status ``failed``, the error and its traceback."""
-    path = Path(runs_dir) / f"{run.run_id}.json"
-    meta = read_json(path) or {"run_id": run.run_id, "spec": run.to_dict()}
-    cause = getattr(error, "cause", None) or error  # RayTaskError wraps the task's own exception
-    meta.update(status="failed", error=f"{type(cause).__name__}: {cause}".splitlines()[0],
-                traceback=str(error), attempts=run.sweep.max_retries + 1)
-    write_json(path, meta)
-    return {"run_id": run.run_id, "status": "failed", "error": meta["error"]}
 
 
 def _collect(ray, refs: dict, runs_dir: Path, progress: bool) -> list[dict]:
@@ -135,15 +122,14 @@ def _collect(ray, refs: dict, runs_dir: Path, progress: bool) -> list[dict]:
             try:
                 outcomes[run.run_id] = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # retries spent: the run fails, the sweep goes on
-                outcomes[run.run_id] = mark_failed(run, runs_dir, exc)
+                outcomes[run.run_id] = mark_failed(run, runs_dir, exc, attempts=run.sweep.max_retries + 1)
                 tqdm.write(f"run {run.run_id} failed after {run.sweep.max_retries + 1} attempts: "
                            f"{outcomes[run.run_id]['error']}")
             bar.update(1)
     return [outcomes[r.run_id] for r in refs.values()]
 
 
-@register_executor("ray")
-def ray_executor(runs: list[RunSpec], runs_dir: Path, progress: bool = True,
+def ray_executor(runs: list[RunSpec], runs_dir: Path, progress: bool = True, pad_ranks: dict | None = None,
                  address: str | None = None, ray_cpus: int | None = None) -> list[dict]:
     """Run each run as a Ray task; collect the outcomes as they finish.
 
@@ -168,7 +154,7 @@ def ray_executor(runs: list[RunSpec], runs_dir: Path, progress: bool = True,
     started = _connect(ray, address, ray_cpus)
     try:
         _check_resources(ray, runs)
-        return _collect(ray, _submit(ray, runs, Path(runs_dir)), Path(runs_dir), progress)
+        return _collect(ray, _submit(ray, runs, Path(runs_dir), pad_ranks or {}), Path(runs_dir), progress)
     finally:
         if started:
             ray.shutdown()

@@ -1,36 +1,31 @@
-"""Sweeps: expand a spec into runs, run them with an executor, skip finished ones, resume.
+"""Sweeps: expand a spec into runs, check them all, run the ones not done, resume interrupted ones.
 
-Executors register by name (``local`` runs in-process, one run at a time; ``ray`` runs each
-run as a Ray task, see :mod:`forgetting_laws.measure.ray_executor`). Each run holds a file lock while it
-runs, so two sweeps sharing a RUNS_DIR never write the same run twice.
+Before any run starts, :func:`preflight` loads each model once, tokenises every corpus and
+fingerprints their content; a complete run whose recorded inputs differ from what it would read
+now (an edited corpus, another model revision) is *stale*: the sweep refuses to reuse it, or with
+``rerun_stale`` moves its files aside and runs it again. Runs are carried out by an executor
+(:mod:`.executors`), each under its own lock.
 """
 
 from __future__ import annotations
 
-import contextlib
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from tqdm.auto import tqdm
+from ..errors import ConfigError
+from ..store import COMPLETE, move_aside, read_meta, run_status
+from .compiling import pad_ranks
+from .executors import EXECUTORS, executor_names
+from .spec import RunSpec, SweepSpec
 
-from .config import RunSpec, SweepSpec
-from .distributed import is_main_process
-from ..registry import Registry
-from ..store import COMPLETE, RunLocked, run_lock, run_status
-
-__all__ = ["run_sweep", "register_executor", "executor_names", "plan", "estimate", "PlannedRun"]
-
-_EXECUTORS: Registry[Callable] = Registry("executor")
-
-#: Register ``executor(runs, runs_dir, progress, **options) -> list[dict]`` (one dict per run:
-#: run_id, status, ...): ``@register_executor("name")``. ``options`` come from the command line.
-register_executor = _EXECUTORS.register
+__all__ = ["run_sweep", "plan", "preflight", "estimate", "PlannedRun", "StaleRuns"]
 
 
-def executor_names() -> list[str]:
-    return _EXECUTORS.names()
+class StaleRuns(ConfigError):
+    """Complete runs whose inputs changed since they were recorded."""
 
 
 @dataclass
@@ -43,127 +38,105 @@ class PlannedRun:
         return self.status not in COMPLETE
 
 
-def plan(spec: SweepSpec, runs_dir: Path) -> list[PlannedRun]:
-    """The sweep's runs with what RUNS_DIR already holds for each."""
-    return [PlannedRun(r, run_status(runs_dir, r.run_id)) for r in spec.expand()]
+def plan(spec: SweepSpec, runs_dir: Path, repair: bool = False) -> list[PlannedRun]:
+    """The sweep's runs with what RUNS_DIR already holds for each (files are read back; with
+    ``repair`` an unreadable one is moved aside and its run counts as not started)."""
+    return [PlannedRun(r, run_status(runs_dir, r.run_id, repair=repair)) for r in spec.expand()]
 
 
-def run_locked(run: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None = None,
-               compile_plan=None) -> dict:
-    """Run (or resume) one run under its lock; a run another process holds is left to it.
-
-    Under a multi-GPU launcher only rank 0 takes the lock: the other ranks are part of its run.
-    Returns the outcome dict every executor returns (run_id, status, rows, wall_s).
-    """
-    from .train import run_one  # torch is imported only when a run starts
-
-    lock = run_lock(runs_dir, run.run_id) if is_main_process() else contextlib.nullcontext()
-    try:
-        with lock:
-            result = run_one(run, runs_dir, on_step=on_step, compile_plan=compile_plan)
-    except RunLocked as exc:
-        tqdm.write(f"skipping: {exc}")
-        return {"run_id": run.run_id, "status": "locked"}
-    return {"run_id": result.run_id, "status": result.status, "rows": result.rows, "wall_s": result.wall_s}
-
-
-def _run_with_bar(run: RunSpec, runs_dir: Path, steps_bar, compile_plan=None) -> dict:
-    steps_bar.reset(total=run.train.max_steps)
-    steps_bar.set_description(f"{run.run_id}")
-    last = [0]
-
-    def on_step(step: int) -> None:
-        steps_bar.update(step - last[0])
-        last[0] = step
-
-    return run_locked(run, runs_dir, on_step, compile_plan)
-
-
-@register_executor("local")
-def _local(runs: list[RunSpec], runs_dir: Path, progress: bool = True) -> list[dict]:
-    """Run each run in this process, one after another, with run and step progress bars.
-
-    Runs that share a compiled graph are planned together (:func:`compiling.plan_compile`), so a
-    sweep compiles once and ``compile = "auto"`` weighs the cost against all their steps. The
-    plan is made again before each run with what the runs before it measured.
-    """
-    from .compiling import plan_compile
-
-    todo = [run for run in runs if run_status(runs_dir, run.run_id) not in COMPLETE]
-    outcomes, said = [], set()
-    with tqdm(total=len(runs), desc="runs", position=0, disable=not progress) as runs_bar, \
-         tqdm(total=1, desc="steps", position=1, leave=False, disable=not progress) as steps_bar:
-        for run in runs:
-            plan = plan_compile([run] + [r for r in todo if r.run_id != run.run_id])[run.run_id]
-            todo = [r for r in todo if r.run_id != run.run_id]
-            if plan.reason not in said | {"compile = false"}:
-                tqdm.write(f"compilation: {plan.reason}")
-                said.add(plan.reason)
-            outcome = _run_with_bar(run, runs_dir, steps_bar, plan)
-            if outcome["status"] == "diverged":
-                tqdm.write(f"run {run.run_id} diverged (non-finite loss); its rows so far are kept")
-            outcomes.append(outcome)
-            runs_bar.update(1)
-    return outcomes
-
-
-def preflight(runs: list[RunSpec]) -> None:
-    """Check every run's model and corpora before any run starts (raises :class:`ConfigError`).
+def preflight(runs: list[RunSpec]) -> dict[str, dict[str, str]]:
+    """Check every run's model, corpora and probes before any run starts; return each run's inputs.
 
     Loads each distinct model once and tokenises its corpora (and each method's extra data,
     such as a replay corpus) into the block cache, so the checks that need a tokenizer (is the
-    corpus large enough?) cost the runs nothing later.
+    corpus large enough? do the LoRA targets exist?) cost the runs nothing later. Returns
+    run_id -> content fingerprints of what the run reads. Raises :class:`ConfigError`.
     """
-    import torch
+    from .setup import check_model, load_base, read_inputs, resolve_device
 
-    from .methods import make_method
-    from .models import load_model, model_fingerprint
-    from .train import prepare_data
-
-    by_model: dict[str, list[RunSpec]] = {}
+    inputs: dict[str, dict[str, str]] = {}
+    by_model: dict[tuple, list[RunSpec]] = {}
     for run in runs:
-        by_model.setdefault(run.model.name, []).append(run)
-    for name, group in by_model.items():
-        # the dtype the spec names, so the cache keys (model fingerprints) are the ones the runs
-        # compute on their GPUs, and a bfloat16 7B model takes half the driver's memory
-        dtype = {"bfloat16": torch.bfloat16}.get(group[0].model.dtype, torch.float32)
-        model, tok = load_model(name, dtype, group[0].model.attention)
-        key = model_fingerprint(model)
-        seen = set()
+        by_model.setdefault((run.model.name, resolve_device(run)[1], run.model.attention), []).append(run)
+    for (_, dtype, _), group in by_model.items():
+        model, tok, key = load_base(group[0], dtype)
         for run in group:
-            d = run.data
-            sig = (d.dataset, d.reference, d.seq_len, d.heldout_blocks, d.reference_blocks,
-                   d.split_seed, run.train.batch_size * run.train.grad_accum)
-            if sig not in seen:
-                seen.add(sig)
-                prepare_data(run, tok, key)
+            if run is not group[0]:
+                check_model(run, model)
             if run.probe.lm_eval is not None or run.probe.refusal is not None:
                 from .evals import check_probes
 
-                check_probes(run)  # unknown task names, missing prompt files
-            method_sig = (sig, run.method.name, tuple(sorted(run.method.resolved().items())))
-            if method_sig not in seen:
-                seen.add(method_sig)
-                make_method(run).prepare_data(tok, key)
+                check_probes(run)  # unknown task names, missing prompt files, task code
+            inputs[run.run_id] = read_inputs(run, tok, key)[2]
         del model
+    return inputs
 
 
-def run_sweep(spec: SweepSpec, runs_dir: str | Path, executor: str = "local",
-              progress: bool = True, **options) -> list[dict]:
+def _stale(runs: list[RunSpec], runs_dir: Path, statuses: dict, inputs: dict) -> list[tuple[RunSpec, list[str]]]:
+    """Complete runs whose recorded inputs differ from the current ones, with what changed."""
+    out, unrecorded = [], 0
+    for run in runs:
+        if statuses[run.run_id] not in COMPLETE:
+            continue
+        recorded = (read_meta(Path(runs_dir) / f"{run.run_id}.json") or {}).get("inputs")
+        if recorded is None:
+            unrecorded += 1
+        elif recorded != inputs[run.run_id]:
+            changed = sorted(k for k in {*recorded, *inputs[run.run_id]}
+                             if recorded.get(k) != inputs[run.run_id].get(k))
+            out.append((run, changed))
+    if unrecorded:
+        warnings.warn(f"{unrecorded} complete run(s) in {runs_dir} were recorded without input fingerprints "
+                      "(an older version): they are reused as they are", stacklevel=3)
+    return out
+
+
+def _set_aside_stale(stale: list, runs_dir: Path, rerun: bool) -> None:
+    if not stale:
+        return
+    lines = [f"  {run.run_id}: {', '.join(changed)} changed" for run, changed in stale]
+    if not rerun:
+        raise StaleRuns(f"{len(stale)} complete run(s) in {runs_dir} were computed from other inputs than the "
+                        "spec now reads:\n" + "\n".join(lines) + "\nrerun them with --rerun-stale (their files "
+                        "are moved to RUNS_DIR/.corrupt/), or write to a new folder with --out")
+    for run, _ in stale:
+        for suffix in (".json", ".parquet"):
+            path = Path(runs_dir) / f"{run.run_id}{suffix}"
+            if path.exists():
+                move_aside(path, runs_dir)
+
+
+def _drop_leftover_checkpoints(runs_dir: Path, done: set[str]) -> None:
+    """Checkpoints of complete runs (a kill between the result and the clean-up) are deleted."""
+    for ckpt in (Path(runs_dir) / ".checkpoints").glob("*"):
+        if ckpt.name in done:
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def run_sweep(spec: SweepSpec, runs_dir: str | Path, executor: str = "local", progress: bool = True,
+              rerun_stale: bool = False, **options) -> list[dict]:
     """Run every run of ``spec`` not already complete in ``runs_dir``; resume interrupted ones.
 
-    Runs marked failed are tried again. ``options`` go to the executor (``ray``: ``address``,
-    ``ray_cpus``). Returns one dict per run started (run_id, status, rows, wall_s; failed runs:
-    error).
+    Runs marked failed are tried again; a complete run whose inputs changed is refused
+    (:class:`StaleRuns`) unless ``rerun_stale``. ``options`` go to the executor (``ray``:
+    ``address``, ``ray_cpus``). Returns one dict per run started (run_id, status, rows, wall_s;
+    failed runs: error).
     """
-    if executor not in _EXECUTORS:
-        raise ValueError(f"executor = {executor!r}; registered executors: {', '.join(executor_names())}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor = {executor!r}; registered executors: {', '.join(executor_names())}")
     runs_dir = Path(runs_dir)
-    todo = [p.spec for p in plan(spec, runs_dir) if p.todo]
-    if todo:
-        preflight(todo)
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    return _EXECUTORS[executor](todo, runs_dir, progress, **options)
+    runs = spec.expand()
+    inputs = preflight(runs)  # before anything on disk changes
+    statuses = {p.spec.run_id: p.status for p in plan(spec, runs_dir, repair=True)}
+    stale = _stale(runs, runs_dir, statuses, inputs)
+    _set_aside_stale(stale, runs_dir, rerun_stale)
+    stale_ids = {run.run_id for run, _ in stale}
+    todo = [r for r in runs if statuses[r.run_id] not in COMPLETE or r.run_id in stale_ids]
+    _drop_leftover_checkpoints(runs_dir, {r for r, s in statuses.items() if s in COMPLETE} - stale_ids)
+    if not todo:
+        return []
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return EXECUTORS[executor](todo, runs_dir, progress, pad_ranks=pad_ranks(todo), **options)
 
 
 # --------------------------------------------------------------------------- cost estimate
@@ -176,7 +149,7 @@ def _time_steps(run: RunSpec, model, n: int = 2) -> float:
     import torch
 
     from .methods.lora import lora_model
-    from .train import resolve_device
+    from .setup import resolve_device
 
     device, _ = resolve_device(run)
     peft_model = lora_model(copy.deepcopy(model), run).to(device)
@@ -202,13 +175,12 @@ def estimate(spec: SweepSpec) -> dict[str, float]:
     import torch
 
     from .methods import get_method
-    from .models import load_model
-    from .train import resolve_device
+    from .setup import load_base, resolve_device
 
     runs = spec.expand()
     t0 = time.perf_counter()
-    device, dtype = resolve_device(runs[0])
-    model, _ = load_model(runs[0].model.name, dtype)
+    device, _ = resolve_device(runs[0])
+    model = load_base(runs[0])[0]
     load_s = time.perf_counter() - t0
     by_rank = sorted({r.lora.rank: r for r in runs}.items())
     lo, hi = by_rank[0], by_rank[-1]
@@ -228,6 +200,3 @@ def estimate(spec: SweepSpec) -> dict[str, float]:
         blocks = run.data.reference_blocks * (2 if run.probe.forget_kl else 1) + run.data.heldout_blocks
         out[run.run_id] = run.train.max_steps * step_s + probes * blocks * fwd_s
     return out
-
-
-from . import ray_executor  # noqa: E402,F401  registers the "ray" executor (Ray itself is imported lazily)

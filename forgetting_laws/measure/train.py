@@ -13,13 +13,13 @@ and its final table equals an uninterrupted run's.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -30,18 +30,15 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from .. import __version__
-from .compiling import (CompilePlan, eager_probes, mark_compiled, plan_compile, prepare_for_compile, record,
-                        unpad_lora)
-from .config import RunSpec
-from .corpora import split_blocks, token_blocks
+from ..store import SCHEMA_VERSION, CorruptFile, move_aside, read_rows, write_json, write_rows
+from .compiling import compiled, wants_compile
 from .distributed import accumulation_per_device, is_main_process, world_size
-from .methods import Method, make_method
-from .models import load_model, model_fingerprint
-from .probes import ProbeData, base_probe, base_targets, probe
-from ..store import SCHEMA_VERSION, write_json, write_rows
+from .methods import Method
+from .probes import ProbeData, base_probe, probe
+from .setup import RunContext, prepare_run
+from .spec import RunSpec
 
-__all__ = ["run_one", "RunResult", "resolve_device", "prepare_data", "build_trainer", "save_adapter",
-           "adapter_spec"]
+__all__ = ["run_one", "RunResult", "build_trainer", "save_adapter", "adapter_spec", "verify_checkpoint"]
 
 COMPLETE_MARKER = ".complete"
 #: The run spec saved beside an adapter (``save_adapter``), read back by :func:`adapter_spec`.
@@ -57,23 +54,6 @@ class RunResult:
     wall_s: float
 
 
-def resolve_device(spec: RunSpec) -> tuple[torch.device, torch.dtype]:
-    """The device and parameter dtype: CUDA and bfloat16 when present, else CPU and float32.
-
-    Under a multi-GPU launcher, ``auto`` and ``cuda`` mean this process's own GPU (``LOCAL_RANK``).
-    """
-    name = spec.model.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    device = torch.device(name)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(spec.model.dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return device, dtype
-
-
 class BlockDataset(torch.utils.data.Dataset):
     """Packed token blocks as causal-LM examples (labels = inputs; the model shifts them)."""
 
@@ -87,36 +67,10 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
 
 
-def prepare_data(spec: RunSpec, tokenizer, tokenizer_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train blocks, held-out blocks, reference blocks) of a run, from the block cache."""
-    d = spec.data
-    ft = token_blocks(d.dataset, tokenizer, d.seq_len, tokenizer_id, field="data.dataset")
-    need = spec.train.batch_size * spec.train.grad_accum
-    heldout, train = split_blocks(ft, d.heldout_blocks, d.split_seed, "data.heldout_blocks",
-                                  d.dataset, min_rest=need)
-    ref = token_blocks(d.reference, tokenizer, d.seq_len, tokenizer_id, field="data.reference")
-    reference, _ = split_blocks(ref, d.reference_blocks, d.split_seed, "data.reference_blocks", d.reference)
-    return train, heldout, reference
-
-
 def _adapter_is_inert(model) -> bool:
     """True when every LoRA B matrix is zero, so the model computes exactly the base model."""
     bs = [p for n, p in model.named_parameters() if "lora_B" in n]
     return bool(bs) and all(not p.any() for p in bs)
-
-
-class StepTimer(TrainerCallback):
-    """Wall time of each optimiser step (probes and checkpoints excluded): the cost model's data."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self._t0 = 0.0
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._t0 = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.times.append(time.perf_counter() - self._t0)
 
 
 class ProbeCallback(TrainerCallback):
@@ -255,14 +209,55 @@ def _last_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
     return path, step
 
 
-def _resume_rows(rows_path: Path, ckpt_step: int) -> list[dict]:
-    """Rows written before the last checkpoint (rows after it will be probed again)."""
-    if not rows_path.exists():
-        return []
-    import pandas as pd
+def verify_checkpoint(path: Path) -> None:
+    """Read every file of a Trainer checkpoint; raise :class:`CorruptFile` naming the first bad one.
 
-    frame = pd.read_parquet(rows_path)
-    return frame[frame["step"] <= ckpt_step].to_dict("records")
+    A checkpoint is small (the adapter, its optimiser state, RNG states), so reading it whole
+    costs little beside a run, and a truncated file is caught here instead of deep inside the
+    Trainer with an error that names no path.
+    """
+    from safetensors.torch import load_file
+
+    for f in sorted(Path(path).iterdir()):
+        try:
+            if f.suffix == ".safetensors":
+                load_file(f)
+            elif f.suffix in (".pt", ".pth", ".bin"):
+                torch.load(f, weights_only=False, map_location="cpu")
+            elif f.suffix == ".json":
+                json.loads(f.read_text())
+        except Exception as exc:  # any reader's failure means the same thing: the file is unusable
+            raise CorruptFile(f, f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def _resume_point(runs_dir: Path, run_id: str, ckpt_dir: Path, inputs: dict) -> tuple[Path | None, list[dict]]:
+    """The checkpoint to resume from and the rows written before it, or (None, []) for a fresh start.
+
+    A checkpoint or rows file that does not read back is moved aside (named in a warning); so is
+    one written from other inputs (the run's sidecar recorded other fingerprints).
+    """
+    ckpt, step = _last_checkpoint(ckpt_dir)
+    if ckpt is None:
+        return None, []
+    recorded = (_read_meta(runs_dir, run_id) or {}).get("inputs")
+    try:
+        if recorded is not None and recorded != inputs:
+            raise CorruptFile(ckpt, "written from other inputs than the run reads now (a corpus or the model "
+                                    "changed)")
+        verify_checkpoint(ckpt)
+        frame = read_rows(ckpt_dir / "rows.parquet")
+    except CorruptFile as exc:
+        moved = move_aside(ckpt_dir, runs_dir)
+        warnings.warn(f"run {run_id}: {exc}; the checkpoints were moved to {moved} and the run starts again",
+                      stacklevel=2)
+        return None, []
+    return ckpt, frame[frame["step"] <= step].to_dict("records")
+
+
+def _read_meta(runs_dir: Path, run_id: str) -> dict | None:
+    from ..store import read_meta
+
+    return read_meta(Path(runs_dir) / f"{run_id}.json")
 
 
 def _base_row(spec: RunSpec, run_id: str, trainable: int, method: Method) -> dict:
@@ -306,7 +301,7 @@ def save_adapter(model, method: Method, path: Path, spec: RunSpec) -> Path:
 
 def adapter_spec(path: str | Path) -> RunSpec:
     """The run spec saved beside an adapter by :func:`save_adapter` (model, corpora, LoRA)."""
-    from .config import SweepSpec
+    from .spec import SweepSpec
     from ..errors import ConfigError
 
     meta = Path(path) / ADAPTER_SPEC
@@ -317,31 +312,14 @@ def adapter_spec(path: str | Path) -> RunSpec:
     return SweepSpec.from_dict(raw).expand()[0]
 
 
-def _meta(spec: RunSpec, status: str, **extra) -> dict:
+def _meta(spec: RunSpec, status: str, inputs: dict, **extra) -> dict:
     import peft
     import transformers
 
-    return {"run_id": spec.run_id, "status": status, "spec": spec.to_dict(),
+    return {"run_id": spec.run_id, "status": status, "spec": spec.to_dict(), "inputs": inputs,
             "versions": {"forgetting_laws": __version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "peft": peft.__version__,
                          "python": platform.python_version()}, **extra}
-
-
-def _compile_plan(plan: CompilePlan | None, spec: RunSpec, ckpt: Path | None) -> CompilePlan:
-    """The run's plan; a resumed run keeps the padding its checkpoint was written with."""
-    plan = dataclasses.replace(plan) if plan else plan_compile([spec])[spec.run_id]
-    saved = ckpt / "compile.json" if ckpt else None
-    if saved and saved.exists():
-        plan.pad_rank = json.loads(saved.read_text())["pad_rank"]
-    return plan
-
-
-def _probe_context(method: Method, plan: CompilePlan):
-    @contextlib.contextmanager
-    def context(model):
-        with eager_probes(plan), method.probe_model(model) as probed:
-            yield probed
-    return context
 
 
 def _make_probers(spec: RunSpec, base_model, tokenizer, model_key: str) -> list:
@@ -357,7 +335,7 @@ def _make_probers(spec: RunSpec, base_model, tokenizer, model_key: str) -> list:
 
 
 def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None = None,
-            compile_plan: CompilePlan | None = None) -> RunResult:
+            pad_rank: int | None = None) -> RunResult:
     """Run (or resume) one fine-tuning run and write ``<run_id>.parquet`` and ``.json``.
 
     Parameters
@@ -369,65 +347,66 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
         with ``train.save_adapter`` the final adapter stays in ``RUNS_DIR/adapters/<run_id>/``.
     on_step
         Called with the global step after every update (progress bars).
-    compile_plan
-        Whether to compile and the rank to pad to, from the sweep's :func:`plan_compile`
-        (which compiles once for many runs); by default this run is planned on its own.
+    pad_rank
+        When the run compiles (``train.compile``), the rank its LoRA is padded to so that the
+        sweep's runs share one compiled graph (:func:`compiling.pad_ranks`); default its own.
     """
+    ctx = prepare_run(spec)  # every setting checked before anything is written
     runs_dir = Path(runs_dir)
     run_id = spec.run_id
     ckpt_dir = runs_dir / ".checkpoints" / run_id
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
+    ckpt, rows = _resume_point(runs_dir, run_id, ckpt_dir, ctx.inputs)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        write_json(runs_dir / f"{run_id}.json", _meta(spec, "running"))
-    device, dtype = resolve_device(spec)
+        write_json(runs_dir / f"{run_id}.json", _meta(spec, "running", ctx.inputs))
+    callback, trainer, pad = _build(ctx, ckpt_dir, ckpt, rows, on_step, pad_rank)
+    with compiled(trainer.model, pad) if pad else contextlib.nullcontext():
+        if ckpt:
+            ctx.method.load_state(ckpt)
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    status = "diverged" if callback.diverged else "complete"
+    if main and spec.train.save_adapter:
+        save_adapter(trainer.model, ctx.method, runs_dir / "adapters" / run_id, spec)
+    wall = callback.rows[-1]["wall_s"]
+    if main:
+        _finish(runs_dir, spec, ctx, callback.rows, status, wall, pad)
+    return RunResult(run_id, status, len(callback.rows), wall)
 
-    method = make_method(spec)
-    model, tok = load_model(spec.model.name, dtype, spec.model.attention)
-    key = model_fingerprint(model)
-    train, heldout, reference = prepare_data(spec, tok, key)
-    method.prepare_data(tok, key)
-    model.to(device)
-    ref_t = torch.from_numpy(reference)
-    data = ProbeData(ref_t, base_targets(model, ref_t, key, spec.probe.batch_size), torch.from_numpy(heldout))
-    probers = _make_probers(spec, model, tok, key)
-    model = method.build_model(model)
+
+def _build(ctx: RunContext, ckpt_dir: Path, ckpt: Path | None, rows: list[dict],
+           on_step: Callable[[int], None] | None, pad_rank: int | None):
+    """The probe callback, the method's Trainer, and the rank to pad to (None: eager)."""
+    spec, method = ctx.spec, ctx.method
+    data = ctx.probe_data  # the base model's targets: before the adapter exists
+    probers = _make_probers(spec, ctx.model, ctx.tokenizer, ctx.model_key)
+    model = method.build_model(ctx.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    ckpt, ckpt_step = _last_checkpoint(ckpt_dir)
-    plan = _compile_plan(compile_plan, spec, ckpt)
-    true_ranks = prepare_for_compile(model, plan)  # before the method's state (padded) is loaded
+    pad = None
+    if wants_compile(spec.train.compile, ctx.device.type):
+        saved = ckpt / "compile.json" if ckpt else None  # a resumed run keeps its checkpoint's padding
+        pad = json.loads(saved.read_text())["pad_rank"] if saved and saved.exists() else (pad_rank or spec.lora.rank)
 
     def on_checkpoint(path: Path) -> None:
         method.save_state(path)
-        (path / "compile.json").write_text(json.dumps({"pad_rank": plan.pad_rank}))
+        if pad:
+            (path / "compile.json").write_text(json.dumps({"pad_rank": pad}))
 
-    if ckpt:
-        method.load_state(ckpt)
-    rows = _resume_rows(ckpt_dir / "rows.parquet", ckpt_step)
     wall_offset = rows[-1]["wall_s"] if rows else 0.0
-    callback = ProbeCallback(model, data, spec, _base_row(spec, run_id, trainable, method), rows,
+    callback = ProbeCallback(model, data, spec, _base_row(spec, spec.run_id, trainable, method), rows,
                              ckpt_dir / "rows.parquet", wall_offset, on_step,
-                             probe_context=_probe_context(method, plan), on_checkpoint=on_checkpoint,
-                             probers=probers)
-    timer = StepTimer()
-    trainer = build_trainer(spec, method, model, train, ckpt_dir, [callback, timer], device, dtype)
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    record(spec, plan, timer.times, per_rank=trainable / spec.lora.rank / max(frozen, 1))
-    mark_compiled(plan)
+                             probe_context=method.probe_model, on_checkpoint=on_checkpoint, probers=probers)
+    trainer = build_trainer(spec, method, model, ctx.data.train, ckpt_dir, [callback], ctx.device, ctx.dtype)
+    return callback, trainer, pad
 
-    status = "diverged" if callback.diverged else "complete"
-    if main and spec.train.save_adapter:
-        if true_ranks:  # a compiled run's adapter was padded; it is saved at its own rank
-            unpad_lora(model, true_ranks)
-        save_adapter(model, method, runs_dir / "adapters" / run_id, spec)
-    wall = callback.rows[-1]["wall_s"]
-    if main:
-        write_rows(runs_dir / f"{run_id}.parquet", callback.rows)
-        write_json(runs_dir / f"{run_id}.json", _meta(spec, status, trainable_params=trainable, wall_s=wall,
-                                                       device=str(device), dtype=str(dtype),
-                                                       world_size=world_size(), compiled=plan.compile,
-                                                       compile_reason=plan.reason))
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return RunResult(run_id, status, len(callback.rows), wall)
+
+def _finish(runs_dir: Path, spec: RunSpec, ctx: RunContext, rows: list[dict], status: str, wall: float,
+            pad: int | None) -> None:
+    """Write the result and its sidecar, then drop the checkpoints (in that order: a kill between
+    the two leaves checkpoints of a complete run, which readers and the next sweep ignore)."""
+    trainable = int(rows[-1]["trainable_params"])
+    write_rows(runs_dir / f"{spec.run_id}.parquet", rows)
+    write_json(runs_dir / f"{spec.run_id}.json",
+               _meta(spec, status, ctx.inputs, trainable_params=trainable, wall_s=wall, device=str(ctx.device),
+                     dtype=str(ctx.dtype), world_size=world_size(), compiled=pad is not None, pad_rank=pad))
+    shutil.rmtree(runs_dir / ".checkpoints" / spec.run_id, ignore_errors=True)

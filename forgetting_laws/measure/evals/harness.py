@@ -32,15 +32,61 @@ from typing import Any, Iterator
 import numpy as np
 
 from ...errors import ConfigError
-from ..models import cache_dir
+from ...cache import cache_dir
 
 __all__ = ["TASKS_DIR", "require_lm_eval", "task_manager", "list_tasks", "check_tasks", "TaskResult",
-           "evaluate_tasks", "LmEvalProber", "RefusalProber", "make_probers", "check_probes", "INSTALL_HINT"]
+           "evaluate_tasks", "LmEvalProber", "RefusalProber", "make_probers", "check_probes", "INSTALL_HINT",
+           "TRUST_ENV", "task_code", "trusting_task_code"]
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 INSTALL_HINT = "pip install 'forgetting-laws[eval]' (or: pip install 'lm_eval>=0.4.13,<0.5')"
 LIST_HINT = "list valid names with `forgetting-laws tasks` (or `lm_eval ls tasks`)"
 _SKIP_KEYS = {"alias", "name", "sample_len", " ", ""}
+
+
+#: Set (to 1) by ``--trust-task-code``: task YAMLs of an ``include_path`` may then run Python code.
+TRUST_ENV = "FORGETTING_LAWS_TRUST_TASK_CODE"
+_CODE_TAG = re.compile(r"!function\b")
+
+
+def task_code(include_path: str) -> list[str]:
+    """``file:line`` of every lm_eval ``!function`` tag (code that loading the task would run)
+    in the task YAMLs under ``include_path``."""
+    found = []
+    for path in sorted(Path(include_path).rglob("*.y*ml")):
+        for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            if _CODE_TAG.search(line.split("#", 1)[0]):
+                found.append(f"{path}:{i}")
+    return found
+
+
+@contextlib.contextmanager
+def trusting_task_code(trust: bool) -> Iterator[None]:
+    """Within: task YAMLs of an ``include_path`` may run code (when ``trust``), here and in the
+    workers an executor starts (the setting travels in the environment)."""
+    before = os.environ.get(TRUST_ENV)
+    if trust:
+        os.environ[TRUST_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TRUST_ENV, None)
+        else:
+            os.environ[TRUST_ENV] = before
+
+
+def _check_include_path(include_path: str) -> None:
+    """Refuse an include_path whose task YAMLs run code unless the user trusted it."""
+    if not include_path:
+        return
+    if not Path(include_path).is_dir():
+        raise ConfigError(f"probe.lm_eval.include_path = {include_path!r} is no folder of task YAMLs")
+    code = task_code(include_path)
+    if code and os.environ.get(TRUST_ENV) != "1":
+        raise ConfigError(f"probe.lm_eval.include_path = {include_path!r}: {len(code)} task YAML line(s) run "
+                          f"Python code through lm_eval's !function ({', '.join(code[:3])}); a spec never runs "
+                          "code on its own: read those files, then pass --trust-task-code to run them")
 
 
 def require_lm_eval() -> None:
@@ -58,6 +104,7 @@ def task_manager(include_path: str = "", defaults: bool = True, prompts: str | N
     ``prompts`` is passed as task metadata (the ``fl_refusal`` prompt source).
     """
     require_lm_eval()
+    _check_include_path(include_path)
     from lm_eval.tasks import TaskManager
 
     paths = [str(TASKS_DIR)] + ([include_path] if include_path else [])
@@ -72,8 +119,7 @@ def list_tasks(include_path: str = "", match: str = "", defaults: bool = True) -
 
 def check_tasks(names: list[str], include_path: str = "", field_name: str = "probe.lm_eval.tasks") -> None:
     """Raise :class:`ConfigError` naming the field, each unknown task and how to list valid ones."""
-    if include_path and not Path(include_path).is_dir():
-        raise ConfigError(f"probe.lm_eval.include_path = {include_path!r} is no folder of task YAMLs")
+    _check_include_path(include_path)
     local = set(list_tasks(include_path, defaults=False))
     if all(n in local for n in names):
         return

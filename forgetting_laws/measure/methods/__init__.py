@@ -1,64 +1,77 @@
 """Fine-tuning methods, one file each, in a registry: ``lora``, ``sam``, ``ilora``, ``replay``.
 
-A spec chooses one with ``[method] name = "..."`` (default ``lora``) and sets its knobs in the
-same table; ``"method.name"`` can be a ``[grid]`` axis. One ``[method]`` table may carry the
-knobs of several methods: each run keeps only its own. Adding a method is one new file here
-plus its import line below.
+A spec chooses one with ``[method] name = "..."`` (default ``lora``) and sets its settings in
+the same table; ``"method.name"`` can be a ``[grid]`` axis. One ``[method]`` table may carry the
+settings of several methods: each run keeps only its own. A method's settings are a dataclass
+(its ``Config``) checked by the same code as every spec section. Adding a method is one new file
+here plus its import line below.
 
 Example
 -------
->>> sorted(method_names())
+>>> method_names()
 ['ilora', 'lora', 'replay', 'sam']
->>> [k.name for k in get_method("sam").knobs]
+>>> list(setting_fields("sam"))
 ['rho', 'adaptive']
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import dataclasses
+import typing
+from typing import Any
 
-from ...errors import ConfigError
-from .base import Knob, Method
+from ...registry import Registry
+from .base import Method
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import RunSpec
+__all__ = ["Method", "register_method", "get_method", "method_names", "setting_fields", "make_method"]
 
-__all__ = ["Method", "Knob", "register_method", "get_method", "method_names", "all_knobs", "make_method"]
 
-_METHODS: dict[str, type[Method]] = {}
+def _same_method(old: type[Method], new: type[Method]) -> bool:
+    return (old.__module__, old.__qualname__) == (new.__module__, new.__qualname__)
+
+
+METHODS: Registry[type[Method]] = Registry("method", same=_same_method)
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: register a :class:`Method` under ``cls.name`` (once)."""
-    if cls.name in _METHODS:
-        raise ValueError(f"method {cls.name!r} is already registered")
-    shared = all_knobs()
-    for knob in cls.knobs:  # a knob shared by two methods must mean the same thing in both
-        if knob.name in shared and shared[knob.name] != knob:
-            raise ValueError(f"method {cls.name!r}: knob {knob.name!r} differs from the registered one")
-    _METHODS[cls.name] = cls
-    return cls
+    """Class decorator: register a :class:`Method` under ``cls.name`` (once).
+
+    A setting shared by two methods (``replay_ratio``) must mean the same thing in both: same
+    type, default and column.
+    """
+    shared = setting_fields()
+    for f in dataclasses.fields(cls.Config):
+        if f.name in shared and _signature(shared[f.name][0]) != _signature(f):
+            raise ValueError(f"method {cls.name!r}: setting {f.name!r} differs from the registered one")
+    return METHODS.register(cls.name, cls)
+
+
+def _signature(f: dataclasses.Field) -> tuple:
+    return f.type, f.default, f.metadata.get("column")
 
 
 def method_names() -> list[str]:
     """Registered method names, sorted."""
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str, field: str = "method.name") -> type[Method]:
     """The method class registered as ``name``; a clear error otherwise."""
-    if not isinstance(name, str) or name not in _METHODS:
-        raise ConfigError(f"{field} = {name!r} is not a registered method; methods: {', '.join(method_names())}")
-    return _METHODS[name]
+    return METHODS.get(name, field)
 
 
-def all_knobs() -> dict[str, Knob]:
-    """Every registered knob by name (a knob shared by methods appears once)."""
-    return {k.name: k for cls in _METHODS.values() for k in cls.knobs}
+def setting_fields(name: str | None = None) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Settings by name -> (field, type hint): of method ``name``, or of every registered method."""
+    classes = [get_method(name)] if name else [METHODS[n] for n in METHODS.names()]
+    out = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls.Config)
+        out.update({f.name: (f, hints[f.name]) for f in dataclasses.fields(cls.Config) if f.name not in out})
+    return out
 
 
-def make_method(spec: "RunSpec") -> Method:
-    """The method object of a resolved run."""
+def make_method(spec) -> Method:
+    """The method object of a resolved run (a :class:`~forgetting_laws.measure.spec.RunSpec`)."""
     return get_method(spec.method.name)(spec)
 
 

@@ -1,74 +1,33 @@
-"""The contract of a fine-tuning method, and the knobs a method declares.
+"""The contract of a fine-tuning method, and the typed settings a method declares.
 
-A method is chosen in a spec by ``[method] name = "..."``; its knobs live in the same table.
-Importing this module does not import torch: specs are validated without a training stack.
+A method is chosen in a spec by ``[method] name = "..."``; its settings live in the same table
+and are the fields of the method's ``Config`` dataclass, declared with
+:func:`forgetting_laws.measure.config.option` (default, help, check, and the parquet ``column``
+the value is recorded in). Importing this module does not import torch: specs are validated
+without a training stack.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
-from ...errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover - type hints only
-    from transformers import Trainer
-
-    from ..config import RunSpec
-
-__all__ = ["Knob", "Method"]
+__all__ = ["Method", "NoSettings"]
 
 
-@dataclass(frozen=True)
-class Knob:
-    """One setting of a method: ``[method] <name> = value``, stored in the column ``column``.
-
-    Parameters
-    ----------
-    name
-        Field name in the ``[method]`` table.
-    default
-        Value when the spec does not give one.
-    help
-        One line shown in errors and docs.
-    column
-        Parquet column the value is recorded in (e.g. ``sam_rho``).
-    check
-        ``check(value) -> None`` if valid, else the reason (``"must be >= 0"``).
-    choices
-        The allowed values, when the knob is a choice.
-    """
-
-    name: str
-    default: Any
-    help: str
-    column: str
-    check: Callable[[Any], str | None] | None = None
-    choices: tuple | None = None
-
-    def coerce(self, value: Any) -> Any:
-        """Check ``value``'s type and range; return it (ints are accepted for floats)."""
-        where = f"method.{self.name} = {value!r}"
-        kind = type(self.default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{where} has type {type(value).__name__}, expected {kind.__name__}")
-        if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"{where}; allowed values: {', '.join(map(repr, self.choices))}")
-        reason = self.check(value) if self.check else None
-        if reason:
-            raise ConfigError(f"{where}, {reason} ({self.help})")
-        return value
+@dataclass
+class NoSettings:
+    """The settings of a method that has none (plain LoRA)."""
 
 
 class Method(ABC):
     """A fine-tuning method: how the adapter is built, trained, probed and checkpointed.
 
-    A subclass sets ``name`` and ``knobs`` and provides :meth:`build_model` and
+    A subclass sets ``name`` and ``Config`` (its settings dataclass) and provides :meth:`build_model` and
     :meth:`build_trainer`; the other hooks have defaults that fit plain LoRA. ``train.run_one``
     calls them in this order::
 
@@ -86,24 +45,27 @@ class Method(ABC):
     """
 
     name: ClassVar[str]
-    knobs: ClassVar[tuple[Knob, ...]] = ()
+    Config: ClassVar[type] = NoSettings
     #: cost of one update relative to plain LoRA's (for ``sweep --dry-run`` estimates)
     step_cost: ClassVar[float] = 1.0
 
-    def __init__(self, spec: "RunSpec"):
-        self.spec = spec
-        self.params = spec.method.resolved()  # own knobs, defaults filled in
+    def __init__(self, spec):
+        self.spec = spec  # the run's RunSpec
+        self.config = spec.method.config  # the method's own settings (a ``Config`` instance)
 
     # ------------------------------------------------------------------ validation (no torch)
 
     @classmethod
-    def check_run(cls, spec: "RunSpec") -> None:
-        """Check knob values against the rest of the run (e.g. the batch size); raise ConfigError."""
+    def check_run(cls, spec) -> None:
+        """Check the settings against the rest of the run (e.g. the batch size); raise ConfigError."""
 
     # ------------------------------------------------------------------ training
 
-    def prepare_data(self, tokenizer, tokenizer_id: str) -> None:
-        """Tokenise what the method needs besides the run's corpora (a replay corpus)."""
+    def prepare_data(self, tokenizer, tokenizer_id: str) -> dict[str, str]:
+        """Tokenise what the method needs besides the run's corpora (a replay corpus); return the
+        content fingerprint of each extra input by its setting (``{"method.replay": ...}``), which
+        joins the run's identity. Nothing by default."""
+        return {}
 
     @abstractmethod
     def build_model(self, model):
@@ -125,8 +87,8 @@ class Method(ABC):
         yield model
 
     def extra_columns(self) -> dict[str, Any]:
-        """The method's knobs as parquet columns (only its own knobs)."""
-        return {k.column: self.params[k.name] for k in self.knobs}
+        """The method's settings as parquet columns (only its own)."""
+        return {f.metadata["column"]: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
 
     # ------------------------------------------------------------------ task sequences
 

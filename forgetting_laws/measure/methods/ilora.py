@@ -26,9 +26,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import non_negative, option, positive, unit_interval
 from . import register_method
-from .base import Knob
-from .replay import REPLAY_KNOBS, ReplayBase
+from .replay import ReplayBase, ReplayConfig
 
 __all__ = ["ILoraMethod", "ReservoirBuffer", "consistency_loss", "ema_update"]
 
@@ -89,18 +92,6 @@ def consistency_loss(h_fast, h_slow):
     return F.mse_loss(h_fast.float(), h_slow.detach().float())
 
 
-def _unit(v: float) -> str | None:
-    return None if 0 <= v <= 1 else "must be in [0, 1]"
-
-
-def _non_negative(v: float) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def _positive(v: int) -> str | None:
-    return None if v >= 1 else "must be >= 1"
-
-
 def _ilora_trainer(**trainer_kwargs: Any):
     from transformers import Trainer, TrainerCallback
 
@@ -127,19 +118,31 @@ def _ilora_trainer(**trainer_kwargs: Any):
             h_slow = self.method.slow_hidden(replay)  # before any fast forward: no graph yet
             cur = model(input_ids=ids, labels=inputs["labels"])
             rep = model(input_ids=replay, labels=replay, output_hidden_states=True)
-            gamma = self.method.params["consistency"]
+            gamma = self.method.config.consistency
             loss = cur.loss + rep.loss + gamma * consistency_loss(rep.hidden_states[-1], h_slow)
             return (loss, cur) if return_outputs else loss
 
     return ILoraTrainer(method=trainer_kwargs.pop("method"), **trainer_kwargs)
 
 
+@dataclass
+class ILoraConfig(ReplayConfig):
+    ema: float = option(0.25, "I-LoRA lambda: slow <- lambda * slow + (1 - lambda) * fast, in [0, 1]",
+                        column="ilora_ema", check=unit_interval)
+    consistency: float = option(1.0, "I-LoRA gamma: weight of the hidden-state consistency MSE, >= 0",
+                                column="ilora_consistency", check=non_negative)
+    buffer_size: int = option(500, "I-LoRA reservoir size in blocks, >= 1", column="ilora_buffer_size",
+                              check=positive)
+    eval_adapter: Literal["slow", "fast"] = option("slow", "adapter the probes evaluate",
+                                                   column="ilora_eval_adapter")
+
+
 @register_method
 class ILoraMethod(ReplayBase):
     """I-LoRA: fast and slow LoRA adapters, EMA interpolation, reservoir replay, consistency loss.
 
-    Knobs
-    -----
+    Settings
+    --------
     ema : float, default 0.25
         lambda, the slow adapter's weight in its update. 0.25 is the authors' public code;
         a re-implementation uses 0.999 (which makes the slow adapter move about 1000x slower:
@@ -159,19 +162,11 @@ class ILoraMethod(ReplayBase):
 
     name = "ilora"
     step_cost = 1.2  # plus a no-grad forward of the slow adapter on the replay rows
-    knobs = REPLAY_KNOBS + (
-        Knob("ema", 0.25, "I-LoRA lambda: slow <- lambda * slow + (1 - lambda) * fast, in [0, 1]",
-             "ilora_ema", _unit),
-        Knob("consistency", 1.0, "I-LoRA gamma: weight of the hidden-state consistency MSE, >= 0",
-             "ilora_consistency", _non_negative),
-        Knob("buffer_size", 500, "I-LoRA reservoir size in blocks, >= 1", "ilora_buffer_size", _positive),
-        Knob("eval_adapter", "slow", "adapter the probes evaluate", "ilora_eval_adapter",
-             choices=("slow", "fast")),
-    )
+    Config = ILoraConfig
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.buffer = ReservoirBuffer(self.params["buffer_size"], seed=[spec.train.seed, 2])
+        self.buffer = ReservoirBuffer(self.config.buffer_size, seed=[spec.train.seed, 2])
         self.model = None
         self.slow: dict = {}
 
@@ -181,15 +176,16 @@ class ILoraMethod(ReplayBase):
         from ...errors import ConfigError
         from .replay import n_replay
 
-        size, n = spec.method.resolved()["buffer_size"], n_replay(spec)
+        size, n = spec.method.config.buffer_size, n_replay(spec)
         if size < n:
             raise ConfigError(f"method.buffer_size = {size} is smaller than the {n} replay blocks of a batch; "
                               f"use method.buffer_size >= {n}")
 
-    def prepare_data(self, tokenizer, tokenizer_id: str) -> None:
-        super().prepare_data(tokenizer, tokenizer_id)
+    def prepare_data(self, tokenizer, tokenizer_id: str) -> dict[str, str]:
+        inputs = super().prepare_data(tokenizer, tokenizer_id)
         for i in self.take(min(self.buffer.size, len(self.pool))):  # the initial fill
             self.buffer.add(int(i))
+        return inputs
 
     def build_model(self, model):
         model = super().build_model(model)
@@ -219,14 +215,14 @@ class ILoraMethod(ReplayBase):
         return out.hidden_states[-1]
 
     def update_slow(self) -> None:
-        ema_update(self.slow, self._fast(), self.params["ema"])
+        ema_update(self.slow, self._fast(), self.config.ema)
 
     def build_trainer(self, **trainer_kwargs: Any):
         return _ilora_trainer(method=self, **trainer_kwargs)
 
     @contextlib.contextmanager
     def probe_model(self, model) -> Iterator[Any]:
-        if self.params["eval_adapter"] == "fast":
+        if self.config.eval_adapter == "fast":
             yield model
             return
         import torch

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import register_method
 from .base import Method
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import RunSpec
-
 __all__ = ["LoraMethod", "lora_model"]
 
 
-def lora_model(model, spec: "RunSpec"):
+def lora_model(model, spec):
     """Wrap ``model`` with a LoRA adapter as ``spec.lora`` says (B = 0: the adapter starts inert)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -28,7 +25,7 @@ def lora_model(model, spec: "RunSpec"):
 
 @register_method
 class LoraMethod(Method):
-    """Plain LoRA: one adapter, trained by the stock Trainer. No knobs."""
+    """Plain LoRA: one adapter, trained by the stock Trainer. No settings."""
 
     name = "lora"
 

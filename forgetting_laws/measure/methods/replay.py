@@ -9,19 +9,18 @@ corpus, the pool is its training part (the held-out blocks are left out).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ...errors import ConfigError
+from ..config import option
 from . import register_method
-from .base import Knob, Method
+from .base import Method
 from .lora import lora_model
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import RunSpec
-
-__all__ = ["ReplayMethod", "replay_pool", "n_replay", "REPLAY_KNOBS"]
+__all__ = ["ReplayMethod", "ReplayConfig", "replay_pool", "n_replay"]
 
 
 def _corpus_name(v: str) -> str | None:
@@ -32,26 +31,28 @@ def _open_unit(v: float) -> str | None:
     return None if 0 < v < 1 else "must be in (0, 1)"
 
 
-#: Knobs shared by the methods that replay (``replay``, ``ilora``).
-REPLAY_KNOBS = (
-    Knob("replay", "python-docs", "replay corpus (any corpus name); blocks disjoint from the probe blocks",
-         "replay_corpus", _corpus_name),
-    Knob("replay_ratio", 0.5, "fraction of each micro-batch drawn from the replay corpus, in (0, 1)",
-         "replay_ratio", _open_unit),
-)
+@dataclass
+class ReplayConfig:
+    """Settings shared by the methods that replay (``replay``, ``ilora``)."""
+
+    replay: str = option("python-docs", "replay corpus (any corpus name); blocks disjoint from the probe blocks",
+                         column="replay_corpus", check=_corpus_name)
+    replay_ratio: float = option(0.5, "fraction of each micro-batch drawn from the replay corpus, in (0, 1)",
+                                 column="replay_ratio", check=_open_unit)
 
 
-def n_replay(spec: "RunSpec") -> int:
+def n_replay(spec) -> int:
     """Replay blocks per micro-batch: ``round(replay_ratio * train.batch_size)``."""
-    return int(round(spec.method.resolved()["replay_ratio"] * spec.train.batch_size))
+    return int(round(spec.method.config.replay_ratio * spec.train.batch_size))
 
 
-def replay_pool(spec: "RunSpec", tokenizer, tokenizer_id: str) -> np.ndarray:
-    """Blocks (M, T) of the replay corpus that no probe reads (see the module docstring)."""
+def replay_pool(spec, tokenizer, tokenizer_id: str) -> tuple[np.ndarray, str]:
+    """Blocks (M, T) of the replay corpus that no probe reads (see the module docstring), and the
+    corpus's content fingerprint."""
     from ..corpora import split_blocks, token_blocks
 
-    d, name = spec.data, spec.method.resolved()["replay"]
-    blocks = token_blocks(name, tokenizer, d.seq_len, tokenizer_id, field="method.replay")
+    d, name = spec.data, spec.method.config.replay
+    blocks, fingerprint = token_blocks(name, tokenizer, d.seq_len, tokenizer_id, field="method.replay")
     if name == d.reference:
         _, blocks = split_blocks(blocks, d.reference_blocks, d.split_seed, "data.reference_blocks", name)
     elif name == d.dataset:
@@ -61,13 +62,13 @@ def replay_pool(spec: "RunSpec", tokenizer, tokenizer_id: str) -> np.ndarray:
         raise ConfigError(f"method.replay = {name!r}: only {len(blocks)} blocks of {d.seq_len} tokens are "
                           f"left outside the probe blocks, {need} are needed per batch; use a larger corpus "
                           "or lower method.replay_ratio")
-    return blocks
+    return blocks, fingerprint
 
 
 class ReplayBase(Method):
     """What replaying methods share: the replay pool, its seeded stream and the batch split."""
 
-    def __init__(self, spec: "RunSpec"):
+    def __init__(self, spec):
         super().__init__(spec)
         self.n_replay = n_replay(spec)
         self.pool = None  # torch (M, T) once prepare_data ran
@@ -76,20 +77,21 @@ class ReplayBase(Method):
         self._tasks_done = 0  # tasks of a continual sequence already added to the pool
 
     @classmethod
-    def check_run(cls, spec: "RunSpec") -> None:
+    def check_run(cls, spec) -> None:
         b, n = spec.train.batch_size, n_replay(spec)
         if not 1 <= n <= b - 1:
-            ratio = spec.method.resolved()["replay_ratio"]
+            ratio = spec.method.config.replay_ratio
             raise ConfigError(f"method.replay_ratio = {ratio!r} gives {n} replay blocks in a batch of "
                               f"train.batch_size = {b}; each batch needs 1 to {b - 1} replay blocks: "
                               "change method.replay_ratio or train.batch_size")
 
-    def prepare_data(self, tokenizer, tokenizer_id: str) -> None:
+    def prepare_data(self, tokenizer, tokenizer_id: str) -> dict[str, str]:
         import torch
 
-        blocks = replay_pool(self.spec, tokenizer, tokenizer_id)
+        blocks, fingerprint = replay_pool(self.spec, tokenizer, tokenizer_id)
         self.pool = torch.from_numpy(blocks)
         self._order = np.random.default_rng([self.spec.train.seed, 1]).permutation(len(blocks))
+        return {"method.replay": fingerprint}
 
     def end_task(self, train_blocks: np.ndarray) -> None:
         """In a task sequence, a finished task's training blocks join the replay pool, so later
@@ -143,8 +145,8 @@ def _replay_trainer(**trainer_kwargs: Any):
 class ReplayMethod(ReplayBase):
     """Experience replay alone.
 
-    Knobs
-    -----
+    Settings
+    --------
     replay : str, default "python-docs"
         The replay corpus (any corpus name).
     replay_ratio : float, default 0.5
@@ -153,7 +155,7 @@ class ReplayMethod(ReplayBase):
     """
 
     name = "replay"
-    knobs = REPLAY_KNOBS
+    Config = ReplayConfig
 
     def mix(self, inputs: dict) -> dict:
         """``inputs`` (B - n rows) with ``n`` replay rows appended: (B, T)."""

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from typing import Any
 
+from ..config import non_negative, option
 from . import register_method
-from .base import Knob, Method
+from .base import Method
 from .lora import lora_model
 
 __all__ = ["SamMethod", "sam_perturbation"]
@@ -96,16 +98,19 @@ def _sam_trainer_class():
     return SAMTrainer
 
 
-def _non_negative(v: float) -> str | None:
-    return None if v >= 0 else "must be >= 0"
+@dataclass
+class SamConfig:
+    rho: float = option(0.05, "SAM ascent radius, >= 0 (0: the base optimiser's step)", column="sam_rho",
+                        check=non_negative)
+    adaptive: bool = option(False, "ASAM: scale the ascent element-wise by |w|", column="sam_adaptive")
 
 
 @register_method
 class SamMethod(Method):
     """SAM / ASAM on top of LoRA.
 
-    Knobs
-    -----
+    Settings
+    --------
     rho : float, default 0.05
         Radius of the ascent step (the common SAM default; Li et al. report larger values,
         about 2, second-hand; ASAM usually needs a larger rho than SAM).
@@ -114,14 +119,11 @@ class SamMethod(Method):
     """
 
     name = "sam"
+    Config = SamConfig
     step_cost = 2.0  # two forward/backward passes
-    knobs = (
-        Knob("rho", 0.05, "SAM ascent radius, >= 0 (0: the base optimiser's step)", "sam_rho", _non_negative),
-        Knob("adaptive", False, "ASAM: scale the ascent element-wise by |w|", "sam_adaptive"),
-    )
 
     def build_model(self, model):
         return lora_model(model, self.spec)
 
     def build_trainer(self, **trainer_kwargs: Any):
-        return _sam_trainer_class()(rho=self.params["rho"], adaptive=self.params["adaptive"], **trainer_kwargs)
+        return _sam_trainer_class()(rho=self.config.rho, adaptive=self.config.adaptive, **trainer_kwargs)

@@ -1,0 +1,202 @@
+"""Sweep specs: the sections of :mod:`.config` plus ``[method]`` and ``[grid]``, as runs.
+
+A spec file has one table per section (``[sweep]``, ``[model]``, ``[data]``, ``[train]``,
+``[lora]``, ``[probe]``, ``[method]``) and a ``[grid]`` table whose keys are dotted field paths
+(``"lora.rank" = [1, 4, 16, 64]``), expanded as a Cartesian product into :class:`RunSpec` s.
+Everything is validated before any run starts.
+
+Example
+-------
+>>> spec = SweepSpec.from_dict({"sweep": {"name": "s"}, "grid": {"lora.rank": [1, 8]}})
+>>> [r.lora.rank for r in spec.expand()]
+[1, 8]
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (SECTIONS as PLAIN_SECTIONS, ConfigError, DataSection, LoraSection, ModelSection, ProbeSection,
+                     SweepSection, TrainSection, build_section, field_names, field_value, hashed, section_dict)
+from .methods import get_method, setting_fields
+
+__all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "ConfigError", "SECTIONS"]
+
+
+@dataclass
+class MethodSection:
+    """``[method]``: the fine-tuning method's name and settings (see :mod:`.methods`).
+
+    ``settings`` holds the settings as given, of any registered method, so one table can serve a
+    ``"method.name"`` grid; :attr:`config` is the run's own method's typed settings, defaults filled.
+    """
+
+    name: str = "lora"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_values(cls, values: Any) -> "MethodSection":
+        if not isinstance(values, dict):
+            raise ConfigError(f"[method] = {values!r} is not a table; write a [method] table with name = ...")
+        values = dict(values)
+        name = values.pop("name", "lora")
+        get_method(name)
+        known = setting_fields()
+        for key in sorted(values):
+            if key not in known:
+                raise ConfigError(f"unknown field method.{key}; fields of [method]: name, {', '.join(known)}")
+        checked = {k: field_value(f"method.{k}", *known[k], v) for k, v in values.items()}
+        return cls(name, checked)
+
+    @property
+    def config(self) -> Any:
+        """This run's method settings as its typed dataclass (other methods' settings dropped)."""
+        cls = get_method(self.name).Config
+        own = {k: v for k, v in self.settings.items() if k in field_names(cls)}
+        return cls(**own)
+
+    def own(self) -> "MethodSection":
+        """The same method with only its own settings, defaults filled in (what a run records)."""
+        return MethodSection(self.name, dataclasses.asdict(self.config))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **copy.deepcopy(self.settings)}
+
+
+#: Every section of a spec, in file order.
+SECTIONS: dict[str, type] = {**PLAIN_SECTIONS, "method": MethodSection}
+
+
+def _section(name: str, values: Any) -> Any:
+    if name == "method":
+        return MethodSection.from_values(values)
+    return build_section(name, values)
+
+
+def _section_names(name: str) -> list[str]:
+    if name == "method":
+        return ["name", *setting_fields()]
+    return field_names(SECTIONS[name])
+
+
+@dataclass
+class RunSpec:
+    """One fully resolved run: every section's values, no grid."""
+
+    sweep: SweepSection
+    model: ModelSection
+    data: DataSection
+    train: TrainSection
+    lora: LoraSection
+    probe: ProbeSection
+    method: MethodSection = field(default_factory=MethodSection)
+
+    def to_dict(self) -> dict:
+        return {name: (s.to_dict() if isinstance(s, MethodSection) else section_dict(s))
+                for name, s in ((n, getattr(self, n)) for n in SECTIONS)}
+
+    def check(self) -> None:
+        """Checks across sections (a method's against the batch, probe steps against max_steps)."""
+        for name, beyond in self.probe.steps_beyond(self.train.max_steps):
+            raise ConfigError(f"{name} lists steps {beyond} beyond train.max_steps = {self.train.max_steps}; "
+                              f"drop them or raise train.max_steps")
+        get_method(self.method.name).check_run(self)
+
+    @property
+    def run_id(self) -> str:
+        """Stable hash of what determines the results (never paths, device or executor).
+
+        Fields declared with ``run_id=False`` never enter it, ``run_id="if-set"`` ones only
+        when changed from their default. Only the run's own method settings enter it; plain LoRA
+        hashes as it did before methods existed, so older RUNS_DIRs stay valid, and other
+        methods prefix the id with their name. What the run *read* (the content of its corpora
+        and model) is recorded beside it, in the run's sidecar (see :mod:`.setup`).
+        """
+        d = {name: hashed(getattr(self, name)) for name in PLAIN_SECTIONS}
+        d["method"] = self.method.own().to_dict()
+        prefix = f"r{self.lora.rank}-"
+        if d["method"] == {"name": "lora"}:
+            d.pop("method")
+        else:
+            prefix = f"{self.method.name}-{prefix}"
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return prefix + hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
+class SweepSpec:
+    """A base :class:`RunSpec` plus a grid of dotted field paths to vary."""
+
+    base: RunSpec
+    grid: dict[str, list] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "SweepSpec":
+        raw = copy.deepcopy(raw)
+        grid = raw.pop("grid", {}) or {}
+        unknown = sorted(set(raw) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown section [{unknown[0]}]; sections: {', '.join([*SECTIONS, 'grid'])}")
+        if not isinstance(grid, dict):
+            raise ConfigError(f"[grid] = {grid!r} is not a table; write e.g. [grid] \"lora.rank\" = [1, 4]")
+        base = RunSpec(**{s: _section(s, raw.get(s, {}) or {}) for s in SECTIONS})
+        spec = cls(base=base, grid=grid)
+        spec._check_grid()
+        return spec
+
+    def _check_grid(self) -> None:
+        for key, values in self.grid.items():
+            section, _, name = key.partition(".")
+            if section not in SECTIONS or name not in _section_names(section):
+                valid = [f"{s}.{n}" for s in SECTIONS if s != "sweep" for n in _section_names(s)]
+                raise ConfigError(f"grid key {key!r} names no field; valid keys: {', '.join(valid)}")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid.{key!r} = {values!r} must be a non-empty list of values")
+        self.expand()  # validates every combination before any run starts
+
+    def expand(self) -> list[RunSpec]:
+        """The Cartesian product of the grid applied to the base spec, in grid order.
+
+        Each run keeps only its own method's settings; combinations that differ only in the
+        settings of other methods are the same run and are listed once.
+        """
+        keys = list(self.grid)
+        runs: dict[str, RunSpec] = {}
+        for combo in itertools.product(*(self.grid[k] for k in keys)):
+            d = self.base.to_dict()
+            for key, value in zip(keys, combo):
+                section, _, name = key.partition(".")
+                d[section][name] = value
+            run = RunSpec(**{s: _section(s, d[s]) for s in SECTIONS})
+            run.method = run.method.own()
+            run.check()
+            runs.setdefault(run.run_id, run)
+        return list(runs.values())
+
+    def to_dict(self) -> dict:
+        return {**self.base.to_dict(), "grid": copy.deepcopy(self.grid)}
+
+
+def parse_spec(text: str, where: str) -> dict:
+    """The TOML ``text`` of a spec as a dict, or a ConfigError naming ``where``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sweep spec {where!r} is not valid TOML: {exc}") from exc
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a TOML sweep spec."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep spec {str(path)!r} does not exist")
+    return SweepSpec.from_dict(parse_spec(path.read_text(encoding="utf-8"), str(path)))
+
