@@ -110,3 +110,25 @@ def test_downstream_spec_probes_offline_tasks():
     assert s.base.model.name == "smollm2-135m" and len(s.expand()) == 2
     assert p.lm_eval.tasks == ["fl_arc_mini"] and p.refusal.prompts == "builtin"
     assert p.sub_schedule("lm_eval", s.base.train.max_steps) == [0, 10, 20, 30]
+
+
+def test_auto_dtype_resolves_before_the_run_id(tmp_path, monkeypatch):
+    from forgetting_laws.measure import precision
+
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("model name : AMD EPYC\nflags : fpu avx avx2 fma\n")
+    amx = tmp_path / "cpuinfo-amx"
+    amx.write_text("model name : Intel Xeon\nflags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert precision.cpu_bf16_flags(plain) == [] and precision.cpu_bf16_flags(amx) == ["amx_bf16", "avx512_bf16"]
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: [])
+    monkeypatch.setattr(precision, "bf16_check", lambda: pytest.fail("no check without the instructions"))
+    runs = {r.model.dtype: r.run_id for r in (spec(model={"device": "cpu"}).expand()[0],
+                                              spec(model={"device": "cpu", "dtype": "float32"}).expand()[0],
+                                              spec(model={"device": "cpu", "dtype": "bfloat16"}).expand()[0])}
+    assert set(runs) == {"float32", "bfloat16"} and runs["float32"] != runs["bfloat16"]
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda *a: ["amx_bf16"])
+    monkeypatch.setattr(precision, "bf16_check", lambda: {"speedup": 2.0})
+    assert spec(model={"device": "cpu"}).expand()[0].model.dtype == "bfloat16"
+    monkeypatch.setattr(precision, "bf16_check", lambda: {"speedup": 0.9})  # instructions, but not faster
+    assert spec(model={"device": "cpu"}).expand()[0].model.dtype == "float32"
+    assert spec(sweep={"name": "t", "num_gpus": 1}).expand()[0].model.dtype == "bfloat16"

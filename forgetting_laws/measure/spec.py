@@ -27,6 +27,7 @@ from typing import Any
 from .config import (SECTIONS as PLAIN_SECTIONS, ConfigError, DataSection, LoraSection, ModelSection, ProbeSection,
                      SweepSection, TrainSection, build_section, field_names, field_value, hashed, section_dict)
 from .methods import get_method, setting_fields
+from .precision import resolve_dtype
 
 __all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "ConfigError", "SECTIONS"]
 
@@ -166,7 +167,8 @@ class SweepSpec:
         """The Cartesian product of the grid applied to the base spec, in grid order.
 
         Each run keeps only its own method's settings; combinations that differ only in the
-        settings of other methods are the same run and are listed once.
+        settings of other methods are the same run and are listed once. ``model.dtype = "auto"``
+        is resolved to the precision the run computes in (:func:`.precision.resolve_dtype`).
         """
         keys = list(self.grid)
         runs: dict[str, RunSpec] = {}
@@ -177,6 +179,7 @@ class SweepSpec:
                 d[section][name] = value
             run = RunSpec(**{s: _section(s, d[s]) for s in SECTIONS})
             run.method = run.method.own()
+            run.model = dataclasses.replace(run.model, dtype=resolve_dtype(run))  # the id names the precision
             run.check()
             runs.setdefault(run.run_id, run)
         return list(runs.values())
