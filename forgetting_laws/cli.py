@@ -16,95 +16,16 @@ from .store import CorruptFile, SchemaError
 __all__ = ["main"]
 
 
-def _fmt_s(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def _loads_here(name: str) -> bool:
-    """True for models this machine builds or reads from disk (aliases, local dirs, .gguf files)."""
-    from .measure.models import model_aliases
-
-    return name in model_aliases() or Path(name).is_dir() or name.endswith(".gguf")
-
-
-def _print_batches(runs, world: int) -> None:
-    """Per-device batch math of each distinct (batch_size, grad_accum); checks it splits over ``world``."""
-    from .measure.distributed import accumulation_per_device
-
-    for b, g, T in sorted({(r.train.batch_size, r.train.grad_accum, r.data.seq_len) for r in runs}):
-        per_device = accumulation_per_device(b, g, world)
-        print(f"update: {b} blocks x {g} micro-batches = {b * g} blocks x {T} tokens = {b * g * T} tokens; "
-              f"world size {world}: {per_device} micro-batch{'es' if per_device > 1 else ''} of {b} per device")
-
-
-def _check_corpora(runs) -> None:
-    """Corpus names checked without loading them (a dry-run downloads nothing)."""
-    from .measure.corpora import check_corpus_name
-
-    for field in ("dataset", "reference"):
-        for name in sorted({getattr(r.data, field) for r in runs}):
-            check_corpus_name(name, f"data.{field}")
-
-
 def _dry_run(spec, runs_dir: Path, args: argparse.Namespace) -> int:
     from .measure.distributed import world_size
-    from .measure.sweep import plan
+    from .measure.estimate import batch_lines, estimate_sweep
 
-    planned = plan(spec, runs_dir)
-    _check_corpora([p.spec for p in planned])
     world = args.world_size or world_size()
-    print(f"sweep {spec.base.sweep.name!r}: {len(planned)} runs, {sum(p.todo for p in planned)} to do, into {runs_dir}")
-    _print_batches([p.spec for p in planned], world)
-    names = {p.spec.model.name for p in planned}
-    if all(_loads_here(n) for n in names):
-        return _measured_table(spec, planned, calibrate=not args.no_calibrate)
-    return _gpu_table(planned, args.gpu, args.mfu, world)
-
-
-def _gpu_table(planned, gpu: str, mfu: float, world: int) -> int:
-    """Runs with their analytic GPU-hours and memory (no model is loaded or downloaded)."""
-    from .measure.estimate import GPUS, gpu_hours, lora_params, memory_gb, model_shape, run_flops
-
-    print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'P':>8} {'steps':>6} {'status':>10} {'PFLOP':>8} "
-          f"{'GPU-h':>7} {'mem GB':>7}")
-    total, peak_mem = 0.0, 0.0
-    for p in planned:
-        r = p.spec
-        shape = model_shape(r.model.name)
-        flops, mem = run_flops(r, shape), memory_gb(r, shape)
-        hours = gpu_hours(flops, gpu, mfu)
-        total += hours if p.todo else 0.0
-        peak_mem = max(peak_mem, mem)
-        lora_m = lora_params(shape, r.lora.rank, r.lora.target_modules) / 1e6
-        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {lora_m:>7.1f}M {r.train.max_steps:>6} "
-              f"{p.status or 'todo':>10} {flops / 1e15:>8.1f} {hours:>7.2f} {mem:>7.1f}")
-    peak, capacity = GPUS[gpu]
-    print(f"estimated GPU-hours of the runs to do: {total:.1f} on {gpu} ({peak / 1e12:.0f} TFLOP/s bf16 peak at an "
-          f"assumed {mfu:.0%} MFU; --gpu, --mfu change these); wall time {_fmt_s(total * 3600 / world)} "
-          f"on {world} GPU{'s' if world > 1 else ''}")
-    fits = "fits" if peak_mem <= capacity else ("does NOT fit: turn on train.gradient_checkpointing or lower "
-                                                "train.batch_size (and raise train.grad_accum)")
-    print(f"peak memory per device about {peak_mem:.0f} GB of the {gpu}'s {capacity:.0f} GB: {fits}")
-    return 0
-
-
-def _measured_table(spec, planned, calibrate: bool) -> int:
-    from .measure.sweep import estimate
-
-    est = estimate(spec) if calibrate else {}
-    print(f"{'run_id':<24} {'method':>7} {'rank':>5} {'lr':>9} {'seed':>5} {'steps':>6} {'status':>10} {'est.':>8}")
-    total = 0.0
-    for p in planned:
-        r = p.spec
-        secs = est.get(r.run_id, float("nan")) if p.todo else 0.0
-        total += secs if p.todo and est else 0.0
-        print(f"{r.run_id:<24} {r.method.name:>7} {r.lora.rank:>5} {r.train.lr:>9.2g} {r.train.seed:>5} {r.train.max_steps:>6} "
-              f"{p.status or 'todo':>10} {_fmt_s(secs) if est else '-':>8}")
-    if est:
-        print(f"estimated time of the runs to do: {_fmt_s(total)} (+ {_fmt_s(est['_load_s'])} model load; "
-              "from a short calibration on this machine)")
+    est = estimate_sweep(spec, runs_dir, gpu=args.gpu, mfu=args.mfu, world=world, calibrate=not args.no_calibrate)
+    print(f"sweep {spec.base.sweep.name!r}: {len(est.table)} runs, {int(est.table.todo.sum())} to do, into {runs_dir}")
+    print("\n".join(batch_lines([p.spec for p in est.planned], world)))
+    print(est.table.drop(columns="todo").to_string(index=False))
+    print("\n".join(est.summary))
     return 0
 
 
@@ -358,31 +279,18 @@ def _add_continual(sub) -> None:
 
 def cmd_connectivity(args: argparse.Namespace) -> int:
     """Losses along the linear path between two adapters, in LoRA and Delta W space; barriers."""
-    import numpy as np
-    import torch
+    from .analyse.plots import connectivity_curves, save
+    from .measure.landscape import connect_adapters
 
-    from .measure.landscape import connectivity, eval_functions, load_adapter, load_second_adapter, make_space
-    from .analyse.plots import save
-
-    first = load_adapter(args.adapter1)
-    second = load_adapter(args.adapter2)  # its spec names its task; its tensors are read below
-    if second.spec.model.name != first.spec.model.name:
-        raise ConfigError(f"the adapters sit on different base models ({first.spec.model.name!r}, "
-                          f"{second.spec.model.name!r}); connectivity needs one base model")
-    held = {}
-    for loaded in (first, second):
-        held.setdefault(f"held-out {loaded.spec.data.dataset}", torch.from_numpy(loaded.blocks()[1][: args.blocks]))
-    evals = eval_functions(held, first.probe_data() if not args.no_reference else None)
-    other = load_second_adapter(first.model, args.adapter2)
-    theta = {k: (make_space(first.model, k).point(), other[k]) for k in args.spaces if k in other}
-    for k in set(args.spaces) - set(theta):
-        print(f"note: no {k} path: the adapters' LoRA shapes differ (different ranks); Delta W space still works")
-    res = connectivity(first.model, theta, evals, np.linspace(0, 1, args.points))
+    res, notes = connect_adapters(args.adapter1, args.adapter2, args.points, args.blocks, args.spaces,
+                                  reference=not args.no_reference)
+    for note in notes:
+        print(f"note: {note}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.curves.to_csv(out / "connectivity.csv", index=False)
     res.barriers.to_csv(out / "barriers.csv", index=False)
-    paths = save(res.plot(), out / "connectivity")
+    paths = save(connectivity_curves(res.curves), out / "connectivity")
     print(res.barriers.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"barrier = max_a [L(a) - ((1-a) L(0) + a L(1))]; curves: {out / 'connectivity.csv'}; figure: {paths[0]}")
     return 0
@@ -390,36 +298,23 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
 
 def cmd_sharpness(args: argparse.Namespace) -> int:
     """Sharpness of one adapter: 1-D curves, a 2-D surface and scalar measures, per space."""
-    import numpy as np
-    import pandas as pd
-    import torch
-
-    from .measure.landscape import curve_1d, load_adapter, make_space, sharpness_report, surface_2d
     from .analyse.plots import loss_surface, save, sharpness_curves
+    from .measure.landscape import sharpness_study
 
-    loaded = load_adapter(args.adapter)
-    blocks = torch.from_numpy(loaded.blocks()[0][: args.blocks])
+    study = sharpness_study(args.adapter, args.spaces, args.blocks, args.radius, args.points, args.curve_directions,
+                            args.surface, args.seed, eps=args.eps, n_directions=args.directions, rho=args.rho,
+                            ascent_steps=args.ascent_steps, hutchinson=args.hutchinson)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    reports = []
-    radii = np.linspace(-args.radius, args.radius, args.points)
-    for kind in args.spaces:
-        space = make_space(loaded.model, kind)
-        reports.append(sharpness_report(space, blocks, args.eps, args.directions, args.rho, args.ascent_steps,
-                                        args.hutchinson, args.seed))
-        loss_fn, theta = space.loss_fn(blocks), space.point()
-        curve = curve_1d(loss_fn, theta, space.reference(theta), radii, args.curve_directions, args.seed)
+    for kind, curve in study.curves.items():
         curve.to_csv(out / f"curve_{kind}.csv", index=False)
         save(sharpness_curves(curve, title=f"{kind}: loss along filter-normalised directions"), out / f"curve_{kind}")
-        if args.surface:
-            surf = surface_2d(loss_fn, theta, space.reference(theta), np.linspace(-args.radius, args.radius, args.surface),
-                              args.seed)
-            surf.to_csv(out / f"surface_{kind}.csv", index=False)
-            save(loss_surface(surf, title=f"{kind}: 2-D loss surface"), out / f"surface_{kind}")
-    table = pd.DataFrame(reports)
-    table.to_csv(out / "sharpness.csv", index=False)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
-    print(f"on {len(blocks)} training blocks of {loaded.spec.data.dataset!r}; tables and figures in {out}")
+    for kind, surf in study.surfaces.items():
+        surf.to_csv(out / f"surface_{kind}.csv", index=False)
+        save(loss_surface(surf, title=f"{kind}: 2-D loss surface"), out / f"surface_{kind}")
+    study.table.to_csv(out / "sharpness.csv", index=False)
+    print(study.table.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    print(f"on {study.n_blocks} training blocks of {study.corpus!r}; tables and figures in {out}")
     return 0
 
 

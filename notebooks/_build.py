@@ -67,14 +67,8 @@ CONTINUAL_LANDSCAPE = [
     "updates $\\Delta W = sBA$ interpolated; the barrier is the peak above the straight line between "
     "the end points.",
     "a1, a2 = (continual.adapter_dir(OUT, seq, k) for k in (1, 2))\n"
-    "first = landscape.load_adapter(a1)\n"
-    "second = landscape.load_adapter(a2)\n"
-    "held = {f\"held-out {x.spec.data.dataset}\": torch.from_numpy(x.blocks()[1]) for x in (first, second)}\n"
-    "evals = landscape.eval_functions(held, first.probe_data())\n"
-    "other = landscape.load_second_adapter(first.model, a2)\n"
-    "theta = {k: (landscape.make_space(first.model, k).point(), other[k]) for k in landscape.SPACES}\n"
-    "res = landscape.connectivity(first.model, theta, evals, np.linspace(0, 1, 5))\n"
-    "axes = res.plot()\nres.barriers",
+    "res, notes = landscape.connect_adapters(a1, a2, points=5, n_blocks=8)\n"
+    "axes = plots.connectivity_curves(res.curves)\nres.barriers",
     "## Sharpness around the final adapter\nLoss along filter-normalised random directions (Li et al. 2018), "
     "the mean rise at radius 0.05, the worst case in a ball of radius rho (SAM's view) and Hutchinson's "
     "estimate of the Hessian trace, in both spaces, on 4 training blocks of the last task.",

@@ -48,7 +48,8 @@ from ..errors import ConfigError
 __all__ = ["LoraSpace", "DeltaWSpace", "make_space", "load_adapter", "LoadedAdapter", "load_second_adapter",
            "linear_path", "barriers", "connectivity", "ConnectivityResult", "filter_normalized",
            "random_direction", "curve_1d", "surface_2d", "eps_sharpness", "ascent_sharpness",
-           "hutchinson_trace", "sharpness_report", "sweep_sharpness", "rank_correlation", "eval_functions", "SPACES"]
+           "hutchinson_trace", "sharpness_report", "sweep_sharpness", "rank_correlation", "eval_functions", "SPACES",
+           "connect_adapters", "sharpness_study", "SharpnessStudy"]
 
 Theta = dict[str, torch.Tensor]
 LossFn = Callable[[Theta], torch.Tensor]
@@ -297,10 +298,6 @@ class ConnectivityResult:
     curves: pd.DataFrame
     barriers: pd.DataFrame
 
-    def plot(self, axes=None):
-        from ..analyse.plots import connectivity_curves
-
-        return connectivity_curves(self.curves, axes=axes)
 
 
 def connectivity(model, theta: dict[str, tuple[Theta, Theta]], evals: dict[str, Callable],
@@ -309,6 +306,29 @@ def connectivity(model, theta: dict[str, tuple[Theta, Theta]], evals: dict[str, 
     curves = pd.concat([linear_path(make_space(model, kind), t1, t2, evals, alphas)
                         for kind, (t1, t2) in theta.items()], ignore_index=True)
     return ConnectivityResult(curves, barriers(curves))
+
+
+def connect_adapters(path1: str | Path, path2: str | Path, points: int = 11, n_blocks: int = 8,
+                     spaces: Sequence[str] = SPACES, reference: bool = True) -> tuple[ConnectivityResult, list[str]]:
+    """The linear path between two saved adapters on one base model, in each of ``spaces``.
+
+    Evaluated on ``n_blocks`` held-out blocks of each adapter's fine-tuning corpus and (with
+    ``reference``) the forgetting loss on the first adapter's reference corpus. Returns the result
+    and notes (a space left out because the adapters' LoRA shapes differ).
+    """
+    first, second = load_adapter(path1), load_adapter(path2)
+    if second.spec.model.name != first.spec.model.name:
+        raise ConfigError(f"the adapters sit on different base models ({first.spec.model.name!r}, "
+                          f"{second.spec.model.name!r}); connectivity needs one base model")
+    held = {}
+    for loaded in (first, second):
+        held.setdefault(f"held-out {loaded.spec.data.dataset}", torch.from_numpy(loaded.blocks()[1][:n_blocks]))
+    evals = eval_functions(held, first.probe_data() if reference else None)
+    other = load_second_adapter(first.model, path2)
+    theta = {k: (make_space(first.model, k).point(), other[k]) for k in spaces if k in other}
+    notes = [f"no {k} path: the adapters' LoRA shapes differ (different ranks); Delta W space still works"
+             for k in spaces if k not in theta]
+    return connectivity(first.model, theta, evals, np.linspace(0, 1, points)), notes
 
 
 # --------------------------------------------------------------------------- directions
@@ -462,6 +482,40 @@ def sharpness_report(space: LoraSpace, blocks: torch.Tensor, eps: float = 0.05, 
 
 
 # --------------------------------------------------------------------------- sharpness against forgetting
+
+
+@dataclass
+class SharpnessStudy:
+    """What :func:`sharpness_study` measures around one adapter: a row of scalar measures per
+    space (``table``), 1-D curves and (optionally) 2-D surfaces per space."""
+
+    table: pd.DataFrame
+    curves: dict[str, pd.DataFrame]
+    surfaces: dict[str, pd.DataFrame]
+    n_blocks: int
+    corpus: str
+
+
+def sharpness_study(path: str | Path, spaces: Sequence[str] = SPACES, n_blocks: int = 8, radius: float = 1.0,
+                    points: int = 11, curve_directions: int = 3, surface: int = 0, seed: int = 0,
+                    **measures) -> SharpnessStudy:
+    """Sharpness of a saved adapter on ``n_blocks`` of its training blocks, in each of ``spaces``:
+    :func:`sharpness_report` (``measures`` are its keyword arguments), 1-D curves along
+    ``curve_directions`` filter-normalised directions over [-radius, radius] and, with
+    ``surface > 0``, a 2-D surface of ``surface`` x ``surface`` points."""
+    loaded = load_adapter(path)
+    blocks = torch.from_numpy(loaded.blocks()[0][:n_blocks])
+    radii = np.linspace(-radius, radius, points)
+    rows, curves, surfaces = [], {}, {}
+    for kind in spaces:
+        space = make_space(loaded.model, kind)
+        rows.append(sharpness_report(space, blocks, seed=seed, **measures))
+        loss_fn, theta = space.loss_fn(blocks), space.point()
+        curves[kind] = curve_1d(loss_fn, theta, space.reference(theta), radii, curve_directions, seed)
+        if surface:
+            surfaces[kind] = surface_2d(loss_fn, theta, space.reference(theta), np.linspace(-radius, radius, surface),
+                                        seed)
+    return SharpnessStudy(pd.DataFrame(rows), curves, surfaces, len(blocks), loaded.spec.data.dataset)
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float], bootstrap: int = 1000, level: float = 0.95,

@@ -10,7 +10,6 @@ now (an edited corpus, another model revision) is *stale*: the sweep refuses to 
 from __future__ import annotations
 
 import shutil
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from .compiling import pad_ranks
 from .executors import EXECUTORS, executor_names
 from .spec import RunSpec, SweepSpec
 
-__all__ = ["run_sweep", "plan", "preflight", "estimate", "PlannedRun", "StaleRuns"]
+__all__ = ["run_sweep", "plan", "preflight", "PlannedRun", "StaleRuns"]
 
 
 class StaleRuns(ConfigError):
@@ -137,66 +136,3 @@ def run_sweep(spec: SweepSpec, runs_dir: str | Path, executor: str = "local", pr
         return []
     runs_dir.mkdir(parents=True, exist_ok=True)
     return EXECUTORS[executor](todo, runs_dir, progress, pad_ranks=pad_ranks(todo), **options)
-
-
-# --------------------------------------------------------------------------- cost estimate
-
-
-def _time_steps(run: RunSpec, model, n: int = 2) -> float:
-    """Seconds per optimiser step of ``run``'s LoRA on ``model`` (a fresh copy), after a warm-up."""
-    import copy
-
-    import torch
-
-    from .methods.lora import lora_model
-    from .setup import resolve_device
-
-    device, _ = resolve_device(run)
-    peft_model = lora_model(copy.deepcopy(model), run).to(device)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=run.train.lr)
-    ids = torch.randint(0, model.config.vocab_size, (run.train.batch_size, run.data.seq_len), device=device)
-    times = []
-    for _ in range(n + 1):
-        t0 = time.perf_counter()
-        peft_model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:]) * run.train.grad_accum
-
-
-def estimate(spec: SweepSpec) -> dict[str, float]:
-    """Estimate each run's seconds from a short calibration of its smallest and largest rank.
-
-    Step time is interpolated linearly in the rank between the two measured ranks and scaled by
-    the method's ``step_cost`` (SAM: 2); a probe is timed as forward passes over the reference
-    and held-out blocks.
-    """
-    import torch
-
-    from .methods import get_method
-    from .setup import load_base, resolve_device
-
-    runs = spec.expand()
-    t0 = time.perf_counter()
-    device, _ = resolve_device(runs[0])
-    model = load_base(runs[0])[0]
-    load_s = time.perf_counter() - t0
-    by_rank = sorted({r.lora.rank: r for r in runs}.items())
-    lo, hi = by_rank[0], by_rank[-1]
-    t_lo = _time_steps(lo[1], model)
-    t_hi = _time_steps(hi[1], model) if hi[0] != lo[0] else t_lo
-    model.to(device).eval()
-    ids = torch.randint(0, model.config.vocab_size, (runs[0].probe.batch_size, runs[0].data.seq_len), device=device)
-    with torch.inference_mode():
-        t1 = time.perf_counter()
-        model(input_ids=ids)
-        fwd_s = (time.perf_counter() - t1) / runs[0].probe.batch_size  # seconds per block
-    out = {"_load_s": load_s}
-    for run in runs:
-        frac = 0.0 if hi[0] == lo[0] else (run.lora.rank - lo[0]) / (hi[0] - lo[0])
-        step_s = (t_lo + frac * (t_hi - t_lo)) * get_method(run.method.name).step_cost
-        probes = len(run.probe.schedule(run.train.max_steps))
-        blocks = run.data.reference_blocks * (2 if run.probe.forget_kl else 1) + run.data.heldout_blocks
-        out[run.run_id] = run.train.max_steps * step_s + probes * blocks * fwd_s
-    return out
