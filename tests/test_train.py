@@ -1,6 +1,7 @@
 """The within-run scale knobs: activation checkpointing, gradient accumulation over devices."""
 
 import numpy as np
+import torch
 import pytest
 
 from forgetting_laws import load_runs
@@ -72,3 +73,37 @@ def test_torchrun_on_two_processes_gives_the_single_process_table(tiny_spec_file
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-6, err_msg=col)
     meta = __import__("json").loads((tmp_path / "ddp" / f"{a.run_id[0]}.json").read_text())
     assert meta["world_size"] == 2 and meta["status"] == "complete"
+
+
+def test_a_bfloat16_run_saves_its_adapter_and_rows_like_a_float32_run(tiny_spec_file, tmp_path):
+    """The bf16 path: frozen base in bfloat16 under autocast, the adapter and the optimiser in float32;
+    the precision (training and probes) enters the run id, the sidecar and the rows."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from forgetting_laws import load_runs
+    from forgetting_laws.measure.spec import SweepSpec
+    from forgetting_laws.measure.sweep import run_sweep
+
+    raw = load_spec(tiny_spec_file(max_steps=4, ranks=(2,))).to_dict()
+    raw["train"]["save_adapter"] = True
+    runs = {}
+    for dtype, precision in (("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "run")):
+        spec = SweepSpec.from_dict({**raw, "model": {**raw["model"], "dtype": dtype},
+                                    "probe": {**raw["probe"], "precision": precision}})
+        (run,) = spec.expand()
+        assert run_sweep(spec, tmp_path, progress=False)[0]["status"] == "complete"
+        runs[dtype, precision] = run.run_id
+    assert len(set(runs.values())) == 3
+    df = load_runs(tmp_path)
+    for (dtype, precision), run_id in runs.items():
+        rows = df[df.run_id == run_id]
+        assert rows.step.tolist() == [0, 1, 2, 4] and rows[["ft_loss", "forget_loss"]].notna().all().all()
+        assert set(rows.dtype) == {dtype} and set(rows.probe_precision) == {precision}
+        meta = json.loads((tmp_path / f"{run_id}.json").read_text())
+        assert meta["spec"]["model"]["dtype"] == dtype and meta["dtype"] == f"torch.{dtype}"
+        weights = load_file(tmp_path / "adapters" / run_id / "adapter_model.safetensors")
+        assert {t.dtype for t in weights.values()} == {torch.float32}  # the adapter stays in float32
+    fp32, bf16 = (df[df.run_id == runs[k]].reset_index() for k in (("float32", "float32"), ("bfloat16", "float32")))
+    assert (bf16.ft_loss - fp32.ft_loss).abs().max() < 0.05  # same training, in bfloat16

@@ -233,6 +233,10 @@ class ProbeSection:
                                     check=_steps("log"))
     every: int = option(10, "with steps = 'log': spacing of the probes after the log-spaced ones", check=positive)
     forget_kl: bool = option(False, "also measure KL(p_base || p_ft) (one extra forward per probe)")
+    precision: Literal["float32", "run"] = option(
+        "float32", "what the probes compute in: float32 (a bfloat16 run's frozen weights are upcast for the "
+        "probe, exactly), or the run's own precision (bfloat16 autocast, log-softmax in float32)",
+        run_id="if-set")
     batch_size: int = option(8, "blocks per probe forward pass", run_id=False, check=positive)
     lm_eval: LmEvalProbe | None = option(None, "[probe.lm_eval]: lm-evaluation-harness tasks (off when absent)",
                                          run_id="if-set", table=LmEvalProbe)

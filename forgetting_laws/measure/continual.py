@@ -242,6 +242,7 @@ class _Session:
         """Rows (eval_task, eval_index, metric, value) of the model the method's probes read."""
         import torch
 
+        from .precision import probing
         from .probes import forget_probe, lm_loss
 
         spec, model = self.seq.spec, self.model
@@ -250,7 +251,7 @@ class _Session:
         was_training = model.training
         model.eval()
         try:
-            with self.method.probe_model(model) as probed:
+            with self.method.probe_model(model) as probed, probing(probed, spec.probe.precision):
                 for i, (name, data) in enumerate(zip(self.seq.tasks, self.data), start=1):
                     rows.append({"eval_task": name, "eval_index": i, "metric": TASK_METRIC,
                                  "value": lm_loss(probed, torch.from_numpy(data.heldout), bs)})

@@ -15,13 +15,15 @@ computed in, and two machines that resolve "auto" differently never share an id:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from pathlib import Path
+from typing import Iterator
 
 from ..cache import cache_dir
 
-__all__ = ["resolve_dtype", "cpu_bf16_flags", "bf16_check", "BF16_FLAGS"]
+__all__ = ["resolve_dtype", "cpu_bf16_flags", "bf16_check", "probing", "BF16_FLAGS"]
 
 #: CPU flags (``/proc/cpuinfo``) of bfloat16 matrix instructions: Intel AMX and AVX-512 BF16.
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -102,3 +104,31 @@ def resolve_dtype(spec) -> str:
     if cpu_bf16_flags() and bf16_check()["speedup"] > 1.1:
         return "bfloat16"
     return "float32"
+
+
+@contextlib.contextmanager
+def probing(model, precision: str = "float32") -> Iterator[str]:
+    """The probes' precision around ``model`` (a bfloat16 run's; a float32 model is left as it is).
+
+    ``"float32"``: the frozen bfloat16 weights are upcast in place for the probe and cast back
+    after (bfloat16 -> float32 -> bfloat16 is exact), so a bfloat16 run is probed in the same
+    precision as a float32 run. ``"run"``: bfloat16 autocast, as the run trains (the probes take
+    the log-softmax in float32). Yields the tag of what the probe computes in (a cache key part).
+    """
+    import torch
+
+    low = [p for p in model.parameters() if p.dtype == torch.bfloat16]
+    if not low:
+        yield "float32"
+    elif precision == "run":
+        device = next(model.parameters()).device.type
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            yield "bfloat16-autocast"
+    else:
+        for p in low:
+            p.data = p.data.float()
+        try:
+            yield "float32"
+        finally:
+            for p in low:
+                p.data = p.data.to(torch.bfloat16)

@@ -51,13 +51,15 @@ def _argmax_next(model, blocks: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def base_targets(model, blocks: torch.Tensor, model_key: str, batch_size: int = 8,
-                 use_cache: bool = True) -> torch.Tensor:
-    """The base model's greedy predictions on ``blocks``, cached on disk by (model, blocks).
+                 use_cache: bool = True, precision: str = "float32") -> torch.Tensor:
+    """The base model's greedy predictions on ``blocks``, cached on disk by (model, blocks, the
+    ``precision`` they are computed in).
 
     ``model`` must be the base model (or a PEFT model whose adapter is inert or disabled).
     """
     digest = hashlib.sha1(blocks.numpy().tobytes()).hexdigest()[:16]
-    path = cache_dir() / "targets" / f"{model_key}-{digest}.npy"
+    tag = "" if precision == "float32" else f"-{precision}"
+    path = cache_dir() / "targets" / f"{model_key}-{digest}{tag}.npy"
     if use_cache and path.exists():
         return torch.from_numpy(np.load(path))
     was_training = model.training
@@ -134,16 +136,20 @@ def probe(model, data: ProbeData, batch_size: int = 8, kl: bool = False) -> dict
     return metrics
 
 
-def base_probe(model, data: ProbeData, batch_size: int = 8, kl: bool = False) -> dict[str, float]:
+def base_probe(model, data: ProbeData, batch_size: int = 8, kl: bool = False,
+               precision: str = "float32") -> dict[str, float]:
     """The probe of a model whose adapter is inert, cached: every run of a sweep shares step 0.
 
     Only valid when ``model`` computes exactly the base model (LoRA B = 0 at initialisation);
     the caller checks that. The cache key is the base targets' digest, which already depends
-    on the model and the reference blocks, plus the held-out blocks.
+    on the model and the reference blocks, plus the held-out blocks and the ``precision`` the
+    probe computes in.
     """
     h = hashlib.sha1(data.targets.numpy().tobytes())
     h.update(data.reference.numpy().tobytes())
     h.update(data.heldout.numpy().tobytes())
+    if precision != "float32":
+        h.update(precision.encode())
     path = cache_dir() / "base_probes" / f"{h.hexdigest()[:20]}-kl{int(kl)}.json"
     if path.exists():
         return json.loads(path.read_text())

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from .corpora import split_blocks, token_blocks
 from .methods import Method, make_method
 from .models import load_model, model_fingerprint
+from .precision import probing
 from .probes import ProbeData, base_targets
 from .spec import RunSpec
 
@@ -139,7 +140,8 @@ class RunContext:
         Call before the method wraps the model: the targets are the base model's predictions.
         """
         ref = torch.from_numpy(self.data.reference)
-        targets = base_targets(self.model, ref, self.model_key, self.spec.probe.batch_size)
+        with probing(self.model, self.spec.probe.precision) as precision:
+            targets = base_targets(self.model, ref, self.model_key, self.spec.probe.batch_size, precision=precision)
         return ProbeData(ref, targets, torch.from_numpy(self.data.heldout))
 
 

@@ -34,6 +34,7 @@ from ..store import SCHEMA_VERSION, CorruptFile, move_aside, read_rows, write_js
 from .compiling import compiled, wants_compile
 from .distributed import accumulation_per_device, is_main_process, world_size
 from .methods import Method
+from .precision import probing
 from .probes import ProbeData, base_probe, probe
 from .setup import RunContext, prepare_run
 from .spec import RunSpec
@@ -93,10 +94,11 @@ class ProbeCallback(TrainerCallback):
 
     def record(self, step: int) -> None:
         p = self.spec.probe
-        with self.probe_context(self.model) as model:  # the adapter the method wants probed
+        # the adapter the method wants probed, in the probes' precision
+        with self.probe_context(self.model) as model, probing(model, p.precision) as precision:
             inert = step == 0 and _adapter_is_inert(model)
             if inert:
-                metrics = base_probe(model, self.data, p.batch_size, p.forget_kl)
+                metrics = base_probe(model, self.data, p.batch_size, p.forget_kl, precision)
             else:
                 metrics = probe(model, self.data, p.batch_size, p.forget_kl)
             downstream = _downstream(self.probers, model, step, inert)
@@ -167,7 +169,10 @@ def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.
                    batch_size: int) -> TrainingArguments:
     """Trainer arguments: the spec's optimisation, plus the GPU path when ``device`` is CUDA.
 
-    On CUDA: bf16 autocast (with bfloat16 parameters), pinned host memory for the batches.
+    With bfloat16 parameters (on CUDA, or on a CPU with bfloat16 matrix instructions): bf16
+    autocast for the forward and backward, the LoRA weights, their gradients and the optimiser
+    state in float32 (PEFT keeps adapters in float32), the loss reduced in float32. On CUDA, pinned
+    host memory for the batches.
     The blocks are already token ids in memory, so loader worker processes would only add
     start-up cost (``dataloader_num_workers=0``). Under ``torchrun``/``accelerate launch`` the
     update's ``grad_accum`` micro-batches are split over the devices.
@@ -182,7 +187,7 @@ def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.
         max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed,
         logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
         report_to="none", disable_tqdm=True, use_cpu=device.type == "cpu",
-        bf16=dtype == torch.bfloat16 and cuda, dataloader_num_workers=0, dataloader_pin_memory=cuda,
+        bf16=dtype == torch.bfloat16, dataloader_num_workers=0, dataloader_pin_memory=cuda,
         **_checkpointing_args(t.gradient_checkpointing),
         ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient at every step
         remove_unused_columns=False,
@@ -264,7 +269,8 @@ def _base_row(spec: RunSpec, run_id: str, trainable: int, method: Method) -> dic
     return {"run_id": run_id, "sweep": spec.sweep.name, "method": method.name, "model": spec.model.name,
             "dataset": spec.data.dataset, "reference": spec.data.reference, "seed": spec.train.seed,
             "rank": spec.lora.rank, "trainable_params": trainable, "lr": spec.train.lr,
-            "lora_alpha": spec.lora.alpha, "schema_version": SCHEMA_VERSION, **method.extra_columns()}
+            "lora_alpha": spec.lora.alpha, "schema_version": SCHEMA_VERSION, "dtype": spec.model.dtype,
+            "probe_precision": spec.probe.precision, **method.extra_columns()}
 
 
 def build_trainer(spec: RunSpec, method: Method, model, train: np.ndarray, out: Path,
