@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/forgetting-laws demo --spec sweeps/demo.toml --out $(OUT)
+	$(VENV)/bin/forgetting-laws demo --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

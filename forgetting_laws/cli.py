@@ -29,18 +29,11 @@ def _dry_run(spec, runs_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _override_resources(spec, args: argparse.Namespace):
-    """Apply --num-cpus / --num-gpus / --max-retries over the spec's [sweep] values."""
-    from .measure.spec import SweepSpec
-
-    given = {n: getattr(args, n) for n in ("num_cpus", "num_gpus", "max_retries") if getattr(args, n) is not None}
-    if not given:
-        return spec
-    raw = spec.to_dict()
-    for name, value in given.items():
-        raw["sweep"][name] = value
-        raw["grid"].pop(f"sweep.{name}", None)
-    return SweepSpec.from_dict(raw)
+def _assignments(args: argparse.Namespace) -> list[str]:
+    """--set assignments, with --num-cpus / --num-gpus / --max-retries as [sweep] ones."""
+    given = [f"sweep.{n}={getattr(args, n)}" for n in ("num_cpus", "num_gpus", "max_retries")
+             if getattr(args, n, None) is not None]
+    return list(args.set or []) + given
 
 
 def _executor_options(args: argparse.Namespace) -> dict:
@@ -54,7 +47,7 @@ def _executor_options(args: argparse.Namespace) -> dict:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .measure.spec import load_spec
 
-    spec = _override_resources(load_spec(args.spec), args)
+    spec = load_spec(args.spec, _assignments(args))
     runs_dir = Path(args.out) if args.out else Path("runs") / spec.base.sweep.name
     if args.dry_run:
         return _dry_run(spec, runs_dir, args)
@@ -68,14 +61,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{len(outcomes)} runs run ({', '.join(sorted(done)) or 'none needed'}); results in {runs_dir}")
     failed = [o["run_id"] for o in outcomes if o["status"] == "failed"]
     if failed:
-        print(f"{len(failed)} runs failed (error in RUNS_DIR/<run_id>.json; rerun the sweep to retry them): "
+        print(f"{len(failed)} runs failed (error in RUNS_DIR/_meta/<run_id>.json; rerun the sweep to retry them): "
               f"{', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="run a rank x step sweep from a TOML spec")
-    p.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/demo.toml")
+    p.add_argument("spec", help="sweep spec: a TOML file, or a built-in spec's name (demo, reference, ...; "
+                                "`forgetting-laws specs` lists them)")
+    _set_option(p)
     p.add_argument("--out", "-o", help="RUNS_DIR (default: runs/<sweep name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and estimate their time")
     p.add_argument("--no-calibrate", action="store_true", help="with --dry-run: skip the timing calibration")
@@ -141,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .measure.sweep import run_sweep
 
     out = Path(args.out)
-    run_sweep(load_spec(args.spec), out / "runs", progress=not args.quiet)
+    run_sweep(load_spec(args.spec, args.set or []), out / "runs", progress=not args.quiet)
     df, fits = _analyse(args, out / "runs")
     figures = write_figures(df, fits, out / "figures", min_step=args.min_step)
     for name, res in fits.items():
@@ -175,9 +170,10 @@ def _add_analysis(sub) -> None:
         _common_fit_options(p)
         p.set_defaults(func=func)
     p = sub.add_parser("demo", help="sweep -> fits -> figures -> report on the embedded default")
-    p.add_argument("--spec", default="sweeps/demo.toml")
-    p.add_argument("--out", "-o", default="demo-out")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--spec", default="demo", help="sweep spec: a TOML file or a built-in spec's name")
+    _set_option(p)
+    p.add_argument("--out", "-o", default="demo-out", help="output folder: runs/, fits/, figures/, report.html")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     # The paper leaves out the first 50 of 260 steps; the demo's 60 steps leave out those below 8
     # (Adam's early transient), which lifts R^2 of the P,N laws from ~0.9 to ~0.98.
     _common_fit_options(p, min_step=8)
@@ -250,7 +246,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
                             load_continual_spec, run_continual)
     from .analyse.plots import cl_heatmap, cl_metric_bars, save
 
-    spec = load_continual_spec(args.spec)
+    spec = load_continual_spec(args.spec, args.set or [])
     out = Path(args.out)
     metas = run_continual(spec, out, progress=not args.quiet)
     df = load_continual(out)
@@ -271,7 +267,9 @@ def cmd_continual(args: argparse.Namespace) -> int:
 
 def _add_continual(sub) -> None:
     p = sub.add_parser("continual", help="fine-tune on a sequence of tasks; AP, BWT, FWT, Forgetting")
-    p.add_argument("spec", help="continual spec (TOML with a [continual] tasks list), e.g. sweeps/continual.toml")
+    p.add_argument("spec", help="continual spec (TOML with a [continual] tasks list): a file or a built-in "
+                                "name, e.g. continual")
+    _set_option(p)
     p.add_argument("--out", "-o", required=True, help="output folder (resumable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_continual)
@@ -399,9 +397,42 @@ def _common_fit_options(p, min_step: int = 1) -> None:
                    help="processes for the bootstrap refits (default: CPU cores, at most 4)")
 
 
+def _set_option(p) -> None:
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override a spec field (repeatable), validated like the file and recorded in each run's "
+                        "spec, e.g. --set train.max_steps=20 --set 'lora.rank=[1, 4]'")
+
+
+def cmd_specs(args: argparse.Namespace) -> int:
+    """List the built-in specs (shipped with the package)."""
+    from .measure.spec import BUILTIN_SPECS, builtin_specs
+
+    for name, what in builtin_specs().items():
+        print(f"{name:<28} {what}")
+    print(f"(files in {BUILTIN_SPECS}; copy one to start your own)")
+    return 0
+
+
+class _Help(argparse.HelpFormatter):
+    """--help shows every default that is not already in the help text (none for flags)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="forgetting-laws", description=__doc__)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="forgetting-laws", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"forgetting-laws {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    original = sub.add_parser
+    sub.add_parser = lambda *a, **k: original(*a, formatter_class=_Help, **k)  # defaults in every --help
+    p = sub.add_parser("specs", help="list the built-in sweep specs")
+    p.set_defaults(func=cmd_specs)
     _add_sweep(sub)
     _add_analysis(sub)
     _add_compare(sub)

@@ -1,8 +1,12 @@
 """The results store: one parquet (+ JSON sidecar) per run, atomic writes, versioned schema.
 
 ``RUNS_DIR/<run_id>.parquet`` holds one row per (run, probe step) with the columns of
-:data:`SCHEMA`; ``RUNS_DIR/<run_id>.json`` (the sidecar) holds the resolved spec, the content
-fingerprints of what the run read (``inputs``), versions and status. Every file is written
+:data:`SCHEMA`; ``RUNS_DIR/_meta/<run_id>.json`` (the sidecar) holds the resolved spec, the content
+fingerprints of what the run read (``inputs``), versions and status. Everything that is not a
+result lives under a name starting with ``_`` or ``.`` (sidecars, kept adapters, checkpoints,
+locks), which parquet readers skip, so the folder is one table to pandas
+(``pd.read_parquet(RUNS_DIR)``), polars (``pl.read_parquet(f"{RUNS_DIR}/*.parquet")``) and duckdb
+(``read_parquet('RUNS_DIR/*.parquet')``): every result file has the same columns. Every file is written
 atomically (a temporary file, then a rename) and verified when read: a file that does not read
 back is reported by name (:class:`CorruptFile`), and the sweep moves it aside into
 ``RUNS_DIR/.corrupt/`` and runs its run again. Nothing here imports torch.
@@ -22,7 +26,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "load_runs", "write_rows", "write_table", "write_json", "read_json", "read_meta",
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "load_runs", "write_rows", "write_table", "sidecar_path", "adapter_path", "write_json", "read_json", "read_meta",
            "read_rows", "run_status", "run_lock", "move_aside", "SchemaError", "CorruptFile", "RunLocked",
            "COMPLETE"]
 
@@ -60,10 +64,24 @@ class RunLocked(RuntimeError):
     """Another process is working on this run."""
 
 
-def to_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows (dicts) -> a DataFrame with the schema's dtypes, extra columns kept after them."""
+def sidecar_path(runs_dir: Path, run_id: str) -> Path:
+    """Where a run's sidecar lives (``RUNS_DIR/_meta/<run_id>.json``; older folders kept it beside
+    the result, ``RUNS_DIR/<run_id>.json``, which is still read)."""
+    path = Path(runs_dir) / "_meta" / f"{run_id}.json"
+    legacy = Path(runs_dir) / f"{run_id}.json"
+    return legacy if legacy.exists() and not path.exists() else path
+
+
+def adapter_path(runs_dir: Path, run_id: str) -> Path:
+    """Where a run keeps its final adapter (``[train] save_adapter``): ``RUNS_DIR/_adapters/<run_id>``."""
+    return Path(runs_dir) / "_adapters" / run_id
+
+
+def to_frame(rows: list[dict], dtypes: dict[str, str] | None = None) -> pd.DataFrame:
+    """Rows (dicts) -> a DataFrame with the schema's dtypes (and ``dtypes`` for extra columns, so
+    a column means one type in every file), extra columns kept after the schema's."""
     frame = pd.DataFrame(rows)
-    for col, dtype in SCHEMA.items():
+    for col, dtype in {**SCHEMA, **(dtypes or {})}.items():
         if col not in frame:
             frame[col] = np.nan if dtype == "float64" else pd.NA
         frame[col] = frame[col].astype(dtype)
@@ -72,6 +90,7 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
@@ -82,9 +101,9 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """Write a run's rows as parquet, atomically, with the schema's dtypes."""
-    write_table(path, to_frame(rows))
+def write_rows(path: Path, rows: list[dict], dtypes: dict[str, str] | None = None) -> None:
+    """Write a run's rows as parquet, atomically, with the schema's dtypes (and ``dtypes``)."""
+    write_table(path, to_frame(rows, dtypes))
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -139,7 +158,7 @@ def run_status(runs_dir: Path, run_id: str, repair: bool = False) -> str | None:
     without it such a file raises :class:`CorruptFile`.
     """
     runs_dir = Path(runs_dir)
-    sidecar, result = runs_dir / f"{run_id}.json", runs_dir / f"{run_id}.parquet"
+    sidecar, result = sidecar_path(runs_dir, run_id), runs_dir / f"{run_id}.parquet"
     try:
         meta = read_meta(sidecar)
         status = meta.get("status") if meta else None

@@ -40,7 +40,7 @@ CONTINUAL_LANDSCAPE = [
     "Python's docs, then Python source), measure every task after each (AP, BWT, FWT, Forgetting), then look "
     "at the loss landscape: the linear path between the adapters of successive tasks (Ren et al. 2024) and "
     "the sharpness around an adapter (Li et al. 2024). Small settings (3 tasks x 10 steps, 8 blocks) so it "
-    "runs in a few minutes on a CPU; `forgetting-laws continual sweeps/continual.toml` is the full version.",
+    "runs in a few minutes on a CPU; `forgetting-laws continual continual` is the full version.",
     CL_SETUP,
     "## A task sequence, two methods\nThe same spec as a TOML file, as a dict; `[grid]` makes one sequence "
     "per method.",

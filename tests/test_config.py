@@ -68,7 +68,7 @@ def test_load_spec_errors(tmp_path):
 def test_demo_spec_meets_its_brief():
     from conftest import REPO
 
-    s = load_spec(REPO / "sweeps" / "demo.toml")
+    s = load_spec(REPO / "forgetting_laws" / "specs" / "demo.toml")
     runs = s.expand()
     ranks = sorted(r.lora.rank for r in runs)
     assert len(ranks) >= 4 and ranks[-1] / ranks[0] >= 10 ** 1.5
@@ -79,7 +79,7 @@ def test_demo_spec_meets_its_brief():
 def test_run_ids_of_recorded_sweeps_are_unchanged():
     # New spec fields must not change the ids of runs already on disk (run_id=False / "if-set").
     for name, folder in [("demo", "demo-runs"), ("mitigation", "mitigation-runs")]:
-        ids = {r.run_id for r in load_spec(REPO / "sweeps" / f"{name}.toml").expand()}
+        ids = {r.run_id for r in load_spec(REPO / "forgetting_laws" / "specs" / f"{name}.toml").expand()}
         recorded = {p.stem for p in (REPO / "examples" / folder).glob("*.parquet")}
         assert ids == recorded, name
 
@@ -105,7 +105,7 @@ def test_sub_probe_steps_join_the_schedule():
 
 
 def test_downstream_spec_probes_offline_tasks():
-    s = load_spec(REPO / "sweeps" / "downstream.toml")
+    s = load_spec(REPO / "forgetting_laws" / "specs" / "downstream.toml")
     p = s.base.probe
     assert s.base.model.name == "smollm2-135m" and len(s.expand()) == 2
     assert p.lm_eval.tasks == ["fl_arc_mini"] and p.refusal.prompts == "builtin"

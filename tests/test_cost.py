@@ -32,13 +32,13 @@ def test_shape_from_a_local_config_beats_the_table(tmp_path):
 
 
 def test_flops_follow_the_frozen_base_accounting():
-    run = load_spec(REPO / "sweeps" / "paper-llama2-7b-openorca.toml").expand()[0]
+    run = load_spec(REPO / "forgetting_laws" / "specs" / "paper-llama2-7b-openorca.toml").expand()[0]
     tokens = 260 * 32 * 512
     # with checkpointing an update costs about 6 N per token (forward, activation backward,
     # recomputed forward), plus attention and LoRA; probes add the rest
     per_token = run_flops(run, LLAMA2) / tokens
     assert 6 * LLAMA2.matmul_params < per_token < 9 * LLAMA2.matmul_params
-    raw = load_spec(REPO / "sweeps" / "paper-llama2-7b-openorca.toml").to_dict()
+    raw = load_spec(REPO / "forgetting_laws" / "specs" / "paper-llama2-7b-openorca.toml").to_dict()
     raw["train"]["gradient_checkpointing"] = False
     plain = SweepSpec.from_dict(raw).expand()[0]
     assert run_flops(plain, LLAMA2) < run_flops(run, LLAMA2)
@@ -49,7 +49,7 @@ def test_flops_follow_the_frozen_base_accounting():
 
 
 def test_a_7b_model_at_batch_32_x_512_fits_one_80gb_gpu_only_with_the_knobs():
-    raw = load_spec(REPO / "sweeps" / "paper-llama2-7b-openorca.toml").to_dict()
+    raw = load_spec(REPO / "forgetting_laws" / "specs" / "paper-llama2-7b-openorca.toml").to_dict()
     raw["grid"] = {"lora.rank": [256]}
     assert memory_gb(SweepSpec.from_dict(raw).expand()[0], LLAMA2) < 80
     raw["train"].update(batch_size=32, grad_accum=1, gradient_checkpointing=False)
@@ -60,7 +60,7 @@ def test_a_7b_model_at_batch_32_x_512_fits_one_80gb_gpu_only_with_the_knobs():
 def test_gpu_spec_dry_run_works_offline_and_prints_gpu_hours(name, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any download attempt would fail
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    path = REPO / "sweeps" / f"{name}.toml"
+    path = REPO / "forgetting_laws" / "specs" / f"{name}.toml"
     assert main(["sweep", str(path), "--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"sweep '{name}': 6 runs, 6 to do" in out
@@ -79,11 +79,11 @@ def test_gpu_spec_dry_run_works_offline_and_prints_gpu_hours(name, tmp_path, mon
 
 def test_paper_specs_name_llama2_chat():
     for name in GPU_SPECS[:2]:
-        assert load_spec(REPO / "sweeps" / f"{name}.toml").base.model.name == "meta-llama/Llama-2-7b-chat-hf"
+        assert load_spec(REPO / "forgetting_laws" / "specs" / f"{name}.toml").base.model.name == "meta-llama/Llama-2-7b-chat-hf"
 
 
 def test_dry_run_checks_the_batch_splits_over_the_gpus(tmp_path, capsys):
-    path = str(REPO / "sweeps" / "paper-llama2-7b-openorca.toml")
+    path = str(REPO / "forgetting_laws" / "specs" / "paper-llama2-7b-openorca.toml")
     assert main(["sweep", path, "--out", str(tmp_path), "--dry-run", "--world-size", "4"]) == 0
     out = capsys.readouterr().out
     assert "world size 4: 1 micro-batch of 8 per device" in out and "wall time" in out
@@ -93,7 +93,7 @@ def test_dry_run_checks_the_batch_splits_over_the_gpus(tmp_path, capsys):
 
 def test_dry_run_checks_corpus_names_without_loading_them(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text((REPO / "sweeps" / "paper-llama2-7b-news.toml").read_text().replace(
+    bad.write_text((REPO / "forgetting_laws" / "specs" / "paper-llama2-7b-news.toml").read_text().replace(
         "hf:Salesforce/wikitext:wikitext-103-raw-v1:test", "hf:wikitext"))
     assert main(["sweep", str(bad), "--out", str(tmp_path / "runs"), "--dry-run"]) == 2
     assert "corpus 'hf:wikitext': expected 'hf:<dataset>[:<config>]:<split>" in capsys.readouterr().err

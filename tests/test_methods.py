@@ -298,7 +298,7 @@ def test_unknown_replay_corpus_fails_before_any_run(tiny_spec_file, tmp_path, ca
 def test_mitigation_spec_validates():
     from conftest import REPO
 
-    spec = load_spec(REPO / "sweeps" / "mitigation.toml")
+    spec = load_spec(REPO / "forgetting_laws" / "specs" / "mitigation.toml")
     runs = spec.expand()
     assert {r.method.name for r in runs} == {"lora", "sam", "ilora", "replay"}
     assert len({r.lora.rank for r in runs}) >= 2

@@ -107,3 +107,29 @@ def test_a_bfloat16_run_saves_its_adapter_and_rows_like_a_float32_run(tiny_spec_
         assert {t.dtype for t in weights.values()} == {torch.float32}  # the adapter stays in float32
     fp32, bf16 = (df[df.run_id == runs[k]].reset_index() for k in (("float32", "float32"), ("bfloat16", "float32")))
     assert (bf16.ft_loss - fp32.ft_loss).abs().max() < 0.05  # same training, in bfloat16
+
+
+def test_tensorboard_gets_the_training_loss_and_every_probe(tiny_spec_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = load_spec(tiny_spec_file(max_steps=4, ranks=(2,))).to_dict()
+    raw["train"]["report_to"] = ["tensorboard"]
+    spec = SweepSpec.from_dict(raw)
+    run_sweep(spec, tmp_path, progress=False)
+    (run,) = spec.expand()
+    logs = EventAccumulator(str(tmp_path / "_logs" / run.run_id)).Reload()
+    tags = set(logs.Tags()["scalars"])
+    assert any(t.endswith("loss") and "probe" not in t for t in tags), tags
+    forget = next(t for t in tags if t.endswith("probe/forget_loss"))
+    df = load_runs(tmp_path)
+    logged = {e.step: e.value for e in logs.Scalars(forget)}
+    assert sorted(logged) == df.step.tolist()
+    np.testing.assert_allclose([logged[s] for s in df.step], df.forget_loss, rtol=1e-6)
+    assert run_id_unchanged(spec)
+
+
+def run_id_unchanged(spec) -> bool:
+    """Trackers say how a run reports, not what it computes: they stay out of the run id."""
+    raw = spec.to_dict()
+    raw["train"]["report_to"] = []
+    return SweepSpec.from_dict(raw).expand()[0].run_id == spec.expand()[0].run_id

@@ -101,6 +101,16 @@ def _targets(v: Any) -> str | None:
     return "use 'all-linear' or a non-empty list of module names such as ['q_proj', 'v_proj']"
 
 
+#: The experiment trackers transformers' Trainer reports to (its ``report_to`` names).
+TRACKERS = ("azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow",
+            "neptune", "swanlab", "tensorboard", "trackio", "wandb")
+
+
+def _trackers(v: list) -> str | None:
+    bad = [t for t in v if t not in TRACKERS]
+    return f"unknown tracker(s) {bad}; use any of {', '.join(TRACKERS)}" if bad else None
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -155,7 +165,10 @@ class TrainSection:
     compile: bool | Literal["auto"] = option(
         "auto", "torch.compile the training step: true, false, or 'auto' (on CUDA; off on a CPU, where a "
         "LoRA step is matmul-bound and compiling buys little)", run_id=False)
-    save_adapter: bool = option(False, "keep the final adapter in RUNS_DIR/adapters/<run_id>/ (for landscape "
+    report_to: list[str] = option([], "experiment trackers the Trainer reports the training loss and every probe to: "
+                                      "tensorboard (logs in RUNS_DIR/_logs/<run_id>), wandb, mlflow, ... (any "
+                                      "transformers integration that is installed)", run_id=False, check=_trackers)
+    save_adapter: bool = option(False, "keep the final adapter in RUNS_DIR/_adapters/<run_id>/ (for landscape "
                                 "analyses such as sharpness)", run_id=False)
 
 

@@ -54,7 +54,6 @@ import dataclasses
 import hashlib
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -208,16 +207,13 @@ def _check_sequence(seq: TaskSequence) -> None:
             f"corpus ({d.reference!r}) or a corpus outside the sequence")
 
 
-def load_continual_spec(path: str | Path) -> ContinualSpec:
-    """Read and validate a TOML continual spec."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"continual spec {str(path)!r} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"continual spec {str(path)!r} is not valid TOML: {exc}") from exc
-    return ContinualSpec.from_dict(raw)
+def load_continual_spec(path: str | Path, overrides: list[str] = ()) -> ContinualSpec:
+    """Read and validate a TOML continual spec (a file or a built-in name), with ``--set`` overrides."""
+    from .spec import override, parse_spec, spec_path
+
+    path = spec_path(path)
+    raw = parse_spec(path.read_text(encoding="utf-8"), str(path))
+    return ContinualSpec.from_dict(override(raw, list(overrides)))
 
 
 # --------------------------------------------------------------------------- running

@@ -17,7 +17,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from ..registry import Registry
-from ..store import COMPLETE, RunLocked, read_meta, run_lock, run_status, write_json
+from ..store import COMPLETE, RunLocked, read_meta, run_lock, run_status, sidecar_path, write_json
 from .distributed import is_main_process
 
 __all__ = ["EXECUTORS", "register_executor", "executor_names", "run_locked", "mark_failed"]
@@ -35,7 +35,7 @@ def mark_failed(run, runs_dir: Path, error: BaseException, attempts: int = 1) ->
     """Record a run that failed: status ``failed``, the error and its traceback, in its sidecar."""
     import traceback
 
-    path = Path(runs_dir) / f"{run.run_id}.json"
+    path = sidecar_path(runs_dir, run.run_id)
     try:
         meta = read_meta(path) or {}
     except ValueError:  # an unreadable sidecar: replaced by the failure record
@@ -94,7 +94,7 @@ def _local(runs: list, runs_dir: Path, progress: bool = True, pad_ranks: dict | 
                 outcome = run_locked(run, runs_dir, on_step, (pad_ranks or {}).get(run.run_id))
             except Exception as exc:  # one run's failure must not lose the others
                 outcome = mark_failed(run, runs_dir, exc)
-                tqdm.write(f"run {run.run_id} failed: {outcome['error']} (traceback in {run.run_id}.json)")
+                tqdm.write(f"run {run.run_id} failed: {outcome['error']} (traceback in _meta/{run.run_id}.json)")
             if outcome["status"] == "diverged":
                 tqdm.write(f"run {run.run_id} diverged (non-finite loss); its rows so far are kept")
             outcomes.append(outcome)

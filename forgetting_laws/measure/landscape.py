@@ -549,18 +549,18 @@ def sweep_sharpness(runs_dir: str | Path, space: str = "lora", n_blocks: int = 8
     ``n_blocks`` training blocks of the run)."""
     from tqdm.auto import tqdm
 
-    from ..store import load_runs
+    from ..store import adapter_path, load_runs
 
     runs = load_runs(runs_dir)
     rows = []
     todo = [(rid, g) for rid, g in runs.groupby("run_id", sort=True)
-            if (Path(runs_dir) / "adapters" / rid / "adapter_model.safetensors").is_file()]
+            if (adapter_path(runs_dir, rid) / "adapter_model.safetensors").is_file()]
     if not todo:
         raise FileNotFoundError(f"no adapters in {Path(runs_dir) / 'adapters'}: rerun the sweep with "
                                 "[train] save_adapter = true (finished runs must be rerun into a new RUNS_DIR)")
     for rid, g in tqdm(todo, desc="sharpness", disable=not progress):
         g = g.sort_values("step")
-        loaded = load_adapter(Path(runs_dir) / "adapters" / rid)
+        loaded = load_adapter(adapter_path(runs_dir, rid))
         train = torch.from_numpy(loaded.blocks()[0][:n_blocks])
         rep = sharpness_report(make_space(loaded.model, space), train, **measures)
         rows.append({"run_id": rid, "method": g.method.iloc[0], "rank": int(g["rank"].iloc[0]),

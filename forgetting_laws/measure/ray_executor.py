@@ -12,7 +12,7 @@ runs.
 
 Example
 -------
->>> run_sweep(load_spec("sweeps/demo.toml"), "runs/demo", executor="ray")       # doctest: +SKIP
+>>> run_sweep(load_spec("demo"), "runs/demo", executor="ray")       # doctest: +SKIP
 >>> run_sweep(spec, "/shared/runs", executor="ray", address="ray://head:10001")  # doctest: +SKIP
 """
 

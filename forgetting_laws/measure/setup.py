@@ -60,6 +60,7 @@ def load_base(spec: RunSpec, dtype: torch.dtype | None = None) -> tuple[Any, Any
     dtype = dtype or resolve_device(spec)[1]
     model, tok = load_model(spec.model.name, dtype, spec.model.attention)
     check_model(spec, model)
+    check_trackers(spec)
     return model, tok, model_fingerprint(model)
 
 
@@ -71,6 +72,18 @@ def _linear_modules(model, targets: str | list[str]) -> dict[str, torch.nn.Linea
     if targets == "all-linear":
         return linears
     return {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in targets}
+
+
+def check_trackers(spec: RunSpec) -> None:
+    """Every tracker of ``train.report_to`` is installed (else the Trainer would fail mid-run)."""
+    if not spec.train.report_to:
+        return
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    missing = [t for t in spec.train.report_to if t not in get_available_reporting_integrations()]
+    if missing:
+        raise ConfigError(f"train.report_to = {spec.train.report_to!r}: {', '.join(missing)} not installed here; "
+                          f"pip install {' '.join(missing)} (or drop it from train.report_to)")
 
 
 def check_model(spec: RunSpec, model) -> None:

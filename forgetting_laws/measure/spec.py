@@ -29,7 +29,8 @@ from .config import (SECTIONS as PLAIN_SECTIONS, ConfigError, DataSection, LoraS
 from .methods import get_method, setting_fields
 from .precision import resolve_dtype
 
-__all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "ConfigError", "SECTIONS"]
+__all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "spec_path", "override", "builtin_specs",
+           "ConfigError", "SECTIONS"]
 
 
 @dataclass
@@ -188,6 +189,31 @@ class SweepSpec:
         return {**self.base.to_dict(), "grid": copy.deepcopy(self.grid)}
 
 
+#: Where the built-in specs live (package data): ``demo``, ``reference``, ``mitigation``, ...
+BUILTIN_SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+def builtin_specs() -> dict[str, str]:
+    """Built-in spec name -> its first comment line (what it is)."""
+    out = {}
+    for path in sorted(BUILTIN_SPECS.glob("*.toml")):
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        out[path.stem] = first
+    return out
+
+
+def spec_path(name_or_path: str | Path) -> Path:
+    """A spec file: a path that exists, or the name of a built-in spec (``demo``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_SPECS / f"{path.stem if path.suffix == '.toml' else path.name}.toml"
+    if path.parent == Path(".") and builtin.is_file():
+        return builtin
+    raise ConfigError(f"sweep spec {str(name_or_path)!r} does not exist; give a TOML file or a built-in spec: "
+                      f"{', '.join(builtin_specs())} (forgetting-laws specs lists them)")
+
+
 def parse_spec(text: str, where: str) -> dict:
     """The TOML ``text`` of a spec as a dict, or a ConfigError naming ``where``."""
     try:
@@ -196,10 +222,34 @@ def parse_spec(text: str, where: str) -> dict:
         raise ConfigError(f"sweep spec {where!r} is not valid TOML: {exc}") from exc
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a TOML sweep spec."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep spec {str(path)!r} does not exist")
-    return SweepSpec.from_dict(parse_spec(path.read_text(encoding="utf-8"), str(path)))
+def override(raw: dict, assignments: list[str]) -> dict:
+    """``raw`` (a spec's TOML dict) with ``section.field=value`` assignments applied (``--set``).
+
+    The value is read as TOML (``3``, ``1e-3``, ``true``, ``[1, 4]``, ``"text"``; a bare word is
+    a string), then validated with the rest of the spec. Setting a field that the grid varies
+    replaces the grid axis by this one value.
+    """
+    raw = copy.deepcopy(raw)
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r} is not section.field=value; write e.g. --set train.max_steps=20")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {item!r}: [{section}] is not a table in this spec")
+        table[name] = value
+        (raw.get("grid") or {}).pop(key.strip(), None)
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    """Read and validate a TOML sweep spec (a file or a built-in name), with ``--set`` overrides."""
+    path = spec_path(path)
+    raw = parse_spec(path.read_text(encoding="utf-8"), str(path))
+    return SweepSpec.from_dict(override(raw, list(overrides)))
 

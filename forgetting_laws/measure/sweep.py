@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..store import COMPLETE, move_aside, read_meta, run_status
+from ..store import COMPLETE, move_aside, read_meta, run_status, sidecar_path
 from .compiling import pad_ranks
 from .executors import EXECUTORS, executor_names
 from .spec import RunSpec, SweepSpec
@@ -51,7 +51,7 @@ def preflight(runs: list[RunSpec]) -> dict[str, dict[str, str]]:
     corpus large enough? do the LoRA targets exist?) cost the runs nothing later. Returns
     run_id -> content fingerprints of what the run reads. Raises :class:`ConfigError`.
     """
-    from .setup import check_model, load_base, read_inputs, resolve_device
+    from .setup import check_model, check_trackers, load_base, read_inputs, resolve_device
 
     inputs: dict[str, dict[str, str]] = {}
     by_model: dict[tuple, list[RunSpec]] = {}
@@ -62,6 +62,7 @@ def preflight(runs: list[RunSpec]) -> dict[str, dict[str, str]]:
         for run in group:
             if run is not group[0]:
                 check_model(run, model)
+                check_trackers(run)
             if run.probe.lm_eval is not None or run.probe.refusal is not None:
                 from .evals import check_probes
 
@@ -77,7 +78,7 @@ def _stale(runs: list[RunSpec], runs_dir: Path, statuses: dict, inputs: dict) ->
     for run in runs:
         if statuses[run.run_id] not in COMPLETE:
             continue
-        recorded = (read_meta(Path(runs_dir) / f"{run.run_id}.json") or {}).get("inputs")
+        recorded = (read_meta(sidecar_path(runs_dir, run.run_id)) or {}).get("inputs")
         if recorded is None:
             unrecorded += 1
         elif recorded != inputs[run.run_id]:
@@ -99,8 +100,7 @@ def _set_aside_stale(stale: list, runs_dir: Path, rerun: bool) -> None:
                         "spec now reads:\n" + "\n".join(lines) + "\nrerun them with --rerun-stale (their files "
                         "are moved to RUNS_DIR/.corrupt/), or write to a new folder with --out")
     for run, _ in stale:
-        for suffix in (".json", ".parquet"):
-            path = Path(runs_dir) / f"{run.run_id}{suffix}"
+        for path in (sidecar_path(runs_dir, run.run_id), Path(runs_dir) / f"{run.run_id}.parquet"):
             if path.exists():
                 move_aside(path, runs_dir)
 

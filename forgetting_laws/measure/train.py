@@ -30,10 +30,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from .. import __version__
-from ..store import SCHEMA_VERSION, CorruptFile, move_aside, read_rows, write_json, write_rows
+from ..store import (SCHEMA_VERSION, CorruptFile, adapter_path, move_aside, read_meta, read_rows, sidecar_path,
+                     write_json, write_rows)
 from .compiling import compiled, wants_compile
 from .distributed import accumulation_per_device, is_main_process, world_size
-from .methods import Method
+from .methods import Method, setting_columns
 from .precision import probing
 from .probes import ProbeData, base_probe, probe
 from .setup import RunContext, prepare_run
@@ -90,6 +91,7 @@ class ProbeCallback(TrainerCallback):
         self.t0 = time.perf_counter() - wall_offset
         self.losses: list[float] = []
         self.diverged = False
+        self.trainer = None  # set by the run once its Trainer exists: the probes are logged through it
         self.on_step = on_step
 
     def record(self, step: int) -> None:
@@ -109,8 +111,10 @@ class ProbeCallback(TrainerCallback):
                "wall_s": time.perf_counter() - self.t0}
         self.rows.append(row)
         self.losses = []
+        if self.trainer is not None and self.spec.train.report_to:  # the probes go to the trackers too
+            self.trainer.log({f"probe/{k}": v for k, v in {**metrics, **downstream}.items() if math.isfinite(v)})
         if is_main_process():  # under a launcher every rank probes (same values), rank 0 writes
-            write_rows(self.rows_path, self.rows)
+            write_rows(self.rows_path, self.rows, row_dtypes())
         if not all(math.isfinite(v) for k, v in metrics.items() if k != "forget_kl" or self.spec.probe.forget_kl):
             self.diverged = True
 
@@ -186,7 +190,8 @@ def _training_args(spec: RunSpec, out: Path, device: torch.device, dtype: torch.
         warmup_steps=t.warmup_steps, optim=_OPTIMIZERS[t.optimizer], weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, seed=t.seed, data_seed=t.seed,
         logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
-        report_to="none", disable_tqdm=True, use_cpu=device.type == "cpu",
+        report_to=list(t.report_to) or "none", run_name=spec.run_id, project=spec.sweep.name,
+        disable_tqdm=True, use_cpu=device.type == "cpu",
         bf16=dtype == torch.bfloat16, dataloader_num_workers=0, dataloader_pin_memory=cuda,
         **_checkpointing_args(t.gradient_checkpointing),
         ddp_find_unused_parameters=False,  # every LoRA parameter gets a gradient at every step
@@ -244,7 +249,7 @@ def _resume_point(runs_dir: Path, run_id: str, ckpt_dir: Path, inputs: dict) -> 
     ckpt, step = _last_checkpoint(ckpt_dir)
     if ckpt is None:
         return None, []
-    recorded = (_read_meta(runs_dir, run_id) or {}).get("inputs")
+    recorded = (read_meta(sidecar_path(runs_dir, run_id)) or {}).get("inputs")
     try:
         if recorded is not None and recorded != inputs:
             raise CorruptFile(ckpt, "written from other inputs than the run reads now (a corpus or the model "
@@ -259,10 +264,10 @@ def _resume_point(runs_dir: Path, run_id: str, ckpt_dir: Path, inputs: dict) -> 
     return ckpt, frame[frame["step"] <= step].to_dict("records")
 
 
-def _read_meta(runs_dir: Path, run_id: str) -> dict | None:
-    from ..store import read_meta
-
-    return read_meta(Path(runs_dir) / f"{run_id}.json")
+def row_dtypes() -> dict[str, str]:
+    """Dtypes of the columns every run writes beyond the schema: its precision and every method's
+    settings (empty where not its own), so all result files of a folder share their columns."""
+    return {"dtype": "string", "probe_precision": "string", **setting_columns()}
 
 
 def _base_row(spec: RunSpec, run_id: str, trainable: int, method: Method) -> dict:
@@ -270,7 +275,7 @@ def _base_row(spec: RunSpec, run_id: str, trainable: int, method: Method) -> dic
             "dataset": spec.data.dataset, "reference": spec.data.reference, "seed": spec.train.seed,
             "rank": spec.lora.rank, "trainable_params": trainable, "lr": spec.train.lr,
             "lora_alpha": spec.lora.alpha, "schema_version": SCHEMA_VERSION, "dtype": spec.model.dtype,
-            "probe_precision": spec.probe.precision, **method.extra_columns()}
+            "probe_precision": spec.probe.precision, **dict.fromkeys(setting_columns()), **method.extra_columns()}
 
 
 def build_trainer(spec: RunSpec, method: Method, model, train: np.ndarray, out: Path,
@@ -350,7 +355,7 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
         The resolved run.
     runs_dir
         RUNS_DIR; checkpoints live in ``RUNS_DIR/.checkpoints/<run_id>`` until the run ends;
-        with ``train.save_adapter`` the final adapter stays in ``RUNS_DIR/adapters/<run_id>/``.
+        with ``train.save_adapter`` the final adapter stays in ``RUNS_DIR/_adapters/<run_id>/``.
     on_step
         Called with the global step after every update (progress bars).
     pad_rank
@@ -365,7 +370,7 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     ckpt, rows = _resume_point(runs_dir, run_id, ckpt_dir, ctx.inputs)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        write_json(runs_dir / f"{run_id}.json", _meta(spec, "running", ctx.inputs))
+        write_json(sidecar_path(runs_dir, run_id), _meta(spec, "running", ctx.inputs))
     callback, trainer, pad = _build(ctx, ckpt_dir, ckpt, rows, on_step, pad_rank)
     with compiled(trainer.model, pad) if pad else contextlib.nullcontext():
         if ckpt:
@@ -373,7 +378,7 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     status = "diverged" if callback.diverged else "complete"
     if main and spec.train.save_adapter:
-        save_adapter(trainer.model, ctx.method, runs_dir / "adapters" / run_id, spec)
+        save_adapter(trainer.model, ctx.method, adapter_path(runs_dir, run_id), spec)
     wall = callback.rows[-1]["wall_s"]
     if main:
         _finish(runs_dir, spec, ctx, callback.rows, status, wall, pad)
@@ -403,7 +408,18 @@ def _build(ctx: RunContext, ckpt_dir: Path, ckpt: Path | None, rows: list[dict],
                              ckpt_dir / "rows.parquet", wall_offset, on_step,
                              probe_context=method.probe_model, on_checkpoint=on_checkpoint, probers=probers)
     trainer = build_trainer(spec, method, model, ctx.data.train, ckpt_dir, [callback], ctx.device, ctx.dtype)
+    callback.trainer = trainer
+    _tracker_logs(trainer, ckpt_dir.parent.parent / "_logs" / spec.run_id)
     return callback, trainer, pad
+
+
+def _tracker_logs(trainer: Trainer, folder: Path) -> None:
+    """TensorBoard logs go to ``RUNS_DIR/_logs/<run_id>`` (not the checkpoints, deleted at the end)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = str(folder)
 
 
 def _finish(runs_dir: Path, spec: RunSpec, ctx: RunContext, rows: list[dict], status: str, wall: float,
@@ -411,8 +427,8 @@ def _finish(runs_dir: Path, spec: RunSpec, ctx: RunContext, rows: list[dict], st
     """Write the result and its sidecar, then drop the checkpoints (in that order: a kill between
     the two leaves checkpoints of a complete run, which readers and the next sweep ignore)."""
     trainable = int(rows[-1]["trainable_params"])
-    write_rows(runs_dir / f"{spec.run_id}.parquet", rows)
-    write_json(runs_dir / f"{spec.run_id}.json",
+    write_rows(runs_dir / f"{spec.run_id}.parquet", rows, row_dtypes())
+    write_json(sidecar_path(runs_dir, spec.run_id),
                _meta(spec, status, ctx.inputs, trainable_params=trainable, wall_s=wall, device=str(ctx.device),
                      dtype=str(ctx.dtype), world_size=world_size(), compiled=pad is not None, pad_rank=pad))
     shutil.rmtree(runs_dir / ".checkpoints" / spec.run_id, ignore_errors=True)

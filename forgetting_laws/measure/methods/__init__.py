@@ -23,7 +23,8 @@ from typing import Any
 from ...registry import Registry
 from .base import Method
 
-__all__ = ["Method", "register_method", "get_method", "method_names", "setting_fields", "make_method"]
+__all__ = ["Method", "register_method", "get_method", "method_names", "setting_fields", "setting_columns",
+           "make_method"]
 
 
 def _same_method(old: type[Method], new: type[Method]) -> bool:
@@ -68,6 +69,15 @@ def setting_fields(name: str | None = None) -> dict[str, tuple[dataclasses.Field
         hints = typing.get_type_hints(cls.Config)
         out.update({f.name: (f, hints[f.name]) for f in dataclasses.fields(cls.Config) if f.name not in out})
     return out
+
+
+def setting_columns() -> dict[str, str]:
+    """The parquet column of every registered method's settings -> its pandas dtype. Every run's
+    rows carry all of them (empty where a setting is not its method's), so a runs folder is one
+    table with one set of columns."""
+    kinds = {"float": "float64", "int": "Int64", "bool": "boolean"}
+    return {f.metadata["column"]: kinds.get(str(hint.__name__ if isinstance(hint, type) else ""), "string")
+            for f, hint in setting_fields().values()}
 
 
 def make_method(spec) -> Method:

@@ -1,0 +1,77 @@
+"""The command line as a researcher meets it: from any directory, with overrides, defaults shown."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from forgetting_laws import __version__
+from forgetting_laws.cli import main
+from forgetting_laws.measure.spec import ConfigError, builtin_specs, load_spec
+from forgetting_laws.store import sidecar_path
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "forgetting_laws.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_version_and_built_in_specs_work_from_any_directory(tmp_path):
+    assert _cli("--version", cwd=tmp_path).stdout.strip() == f"forgetting-laws {__version__}"
+    listed = _cli("specs", cwd=tmp_path).stdout
+    assert {"demo", "reference", "mitigation", "continual"} <= set(builtin_specs()) and "demo" in listed
+    out = _cli("sweep", "demo", "--dry-run", "--no-calibrate", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert out.returncode == 0 and "sweep 'demo': 4 runs, 4 to do" in out.stdout, out.stderr
+    assert "default: demo" in _cli("demo", "--help", cwd=tmp_path).stdout
+
+
+def test_an_unknown_spec_names_the_built_in_ones(capsys):
+    assert main(["sweep", "nosuchspec", "--dry-run"]) == 2
+    assert "sweep spec 'nosuchspec' does not exist; give a TOML file or a built-in spec: " in capsys.readouterr().err
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: demo-out)" in text and "(default: None)" not in text
+
+
+def test_set_overrides_are_validated_and_recorded_in_the_run(tiny_spec_file, tmp_path, capsys):
+    path = tiny_spec_file(max_steps=2, ranks=(1, 2))
+    spec = load_spec(path, ["lora.rank=4", "train.lr=0.02", "probe.steps=[0, 2]"])
+    (run,) = spec.expand()  # setting a grid field replaces the axis
+    assert (run.lora.rank, run.train.lr, run.probe.steps) == (4, 0.02, [0, 2])
+    with pytest.raises(ConfigError, match=r"train.lr = -1.0, must be > 0"):
+        load_spec(path, ["train.lr=-1.0"])
+    with pytest.raises(ConfigError, match=r"--set 'train.lr' is not section.field=value"):
+        load_spec(path, ["train.lr"])
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet", "--set", "train.max_steps=3",
+                 "--set", "lora.rank=[1]"]) == 2  # a list for an int field
+    assert "lora.rank = [1] has type list, expected int" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--quiet", "--set", "train.max_steps=3"]) == 0
+    for r in load_spec(path, ["train.max_steps=3"]).expand():
+        meta = json.loads(sidecar_path(tmp_path / "runs", r.run_id).read_text())
+        assert meta["spec"]["train"]["max_steps"] == 3
+
+
+def test_a_runs_folder_is_one_table_to_pandas_polars_and_duckdb(tiny_spec_file, tmp_path):
+    import duckdb
+    import polars as pl
+
+    path = tiny_spec_file(max_steps=2, ranks=(1,))
+    text = path.read_text().replace('"lora.rank" = [1]', '"lora.rank" = [1]\n"method.name" = ["lora", "sam"]')
+    path.write_text(text)
+    out = tmp_path / "runs"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet", "--set", "train.save_adapter=true"]) == 0
+    frames = {"pandas": pd.read_parquet(out),
+              "polars": pl.read_parquet(f"{out}/*.parquet").to_pandas(),
+              "duckdb": duckdb.sql(f"select * from read_parquet('{out}/*.parquet')").df()}
+    for name, frame in frames.items():
+        assert len(frame) == 6 and set(frame.method) == {"lora", "sam"}, name
+        assert frame.loc[frame.method == "sam", "sam_rho"].notna().all(), name
+        assert frame.loc[frame.method == "lora", "sam_rho"].isna().all(), name
