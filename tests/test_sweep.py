@@ -180,3 +180,20 @@ def test_dry_run_lists_runs_and_estimates(tiny_spec_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 runs, 2 to do" in out and "estimated time" in out
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_the_demo_spec_on_the_tiny_model_gives_the_rows_it_gave_before_the_redesign(tmp_path):
+    """``tests/data/demo_tiny_rows_d74bb5d.csv`` holds the rows the code of commit d74bb5d (before
+    the measuring half was redesigned) wrote for the demo spec on the tiny random model (2 blocks x
+    32 tokens, ranks 1 and 4, 8 steps, eager). Today's code must write the same numbers."""
+    from forgetting_laws.measure.spec import SweepSpec, parse_spec, spec_path
+    from conftest import REPO
+
+    raw = parse_spec(spec_path("demo").read_text(), "demo")
+    raw["model"]["name"] = "tiny-random-llama"
+    raw["data"]["seq_len"], raw["train"]["max_steps"], raw["train"]["batch_size"] = 32, 8, 2
+    raw["train"]["compile"], raw["grid"]["lora.rank"] = False, [1, 4]
+    run_sweep(SweepSpec.from_dict(raw), tmp_path, progress=False)
+    golden = pd.read_csv(REPO / "tests" / "data" / "demo_tiny_rows_d74bb5d.csv")
+    rows = load_runs(tmp_path)[list(golden.columns)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, golden, check_dtype=False, rtol=1e-6, atol=1e-7)
