@@ -1,6 +1,6 @@
 """Benchmark the fitting engine against the fit a user would otherwise write.
 
-Run from the repository root (``shared/`` beside it)::
+Run from the repository root (the data are vendored in ``tests/data/``)::
 
     python benchmarks/bench_fit.py            # baseline timed on 150 of 4,500 starts
     python benchmarks/bench_fit.py --full     # baseline from all 4,500 starts (~5 min)
@@ -32,7 +32,7 @@ from forgetting_laws.analyse import laws
 from forgetting_laws._blas import single_threaded_blas
 from forgetting_laws.analyse.fit import fit_arrays
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla_epoch_svg_extracted.csv"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "chinchilla_epoch_svg_extracted.csv"
 DELTA = 1e-3
 
 

@@ -14,7 +14,6 @@ from forgetting_laws.analyse import laws
 from forgetting_laws.analyse.fit import FitDataError, FitResult, add_fit_arguments, fit, fit_arrays, run_fit_command
 from forgetting_laws.analyse.laws import LawError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "data"
 
 # Kalajdzievski 2024, Table 1 (see shared/reference/kalajdzievski_constants.md)
@@ -57,10 +56,8 @@ KAL_X = {"P": "trainable_params", "N": "step"}
 
 @pytest.fixture(scope="module")
 def chinchilla_df() -> pd.DataFrame:
-    path = DATA / "chinchilla_epoch_svg_extracted.csv"
-    if not DATA.is_dir():
-        pytest.skip(f"shared data folder {DATA} is absent (clone shared/ beside the repo)")
-    df = pd.read_csv(path).sort_values("loss").iloc[:-5]  # drop the 5 highest losses, as Epoch did
+    df = pd.read_csv(FIXTURES / "chinchilla_epoch_svg_extracted.csv")
+    df = df.sort_values("loss").iloc[:-5]  # drop the 5 highest losses, as Epoch did
     return df.assign(N=df["Model Size"], D=df["Training FLOP"] / (6 * df["Model Size"]))
 
 
