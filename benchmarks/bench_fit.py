@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
+from threadpoolctl import threadpool_limits
 
 from forgetting_laws.analyse import laws
-from forgetting_laws._blas import single_threaded_blas
 from forgetting_laws.analyse.fit import fit_arrays
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "chinchilla_epoch_svg_extracted.csv"
@@ -81,7 +81,7 @@ def ours(N, D, L, repeats: int = 3) -> tuple[float, float, dict]:
 def bench_chinchilla(args: argparse.Namespace) -> None:
     N, D, L = load_chinchilla()
     t_ours, obj_ours, params = ours(N, D, L)
-    with single_threaded_blas():
+    with threadpool_limits(limits=1, user_api="blas"):
         t_base, obj_base, n_run = baseline(N, D, L, None if args.full else args.subset)
     how = "all 4500 starts" if args.full else f"{n_run} random starts, time extrapolated x{4500 / n_run:.0f}"
     print("== 1. Chinchilla fit (Huber-log, delta 1e-3, 240 points)")

@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
-from .analyse.fit import FitDataError
+from .errors import ConfigError, FitDataError
 from .analyse.laws import LawError
 from .registry import import_plugins
 from .store import SchemaError
@@ -231,12 +230,53 @@ def _summary(res) -> str:
                      for p, v in res.params.items())
 
 
-def _add_analysis(sub) -> None:
-    from .analyse.fit import add_fit_arguments, run_fit_command
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Load a table, fit one law, print the report and save the result as JSON."""
+    from .analyse.fit import fit, read_table
+
+    res = fit(read_table(args.source), args.law, x=_parse_x(args.x), y=args.y.split(",") if args.y else None,
+              loss=args.loss, delta=args.delta, bootstrap=args.bootstrap, group=args.group,
+              holdout=args.holdout, min_step=args.min_step, seed=args.seed, n_jobs=args.jobs)
+    print(res.report())
+    res.to_json(args.output)
+    print(f"saved {args.output}")
+    return 0
+
+
+def _parse_x(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, col = item.partition("=")
+        if not sep or not key or not col:
+            raise FitDataError(f"--x {item!r} is not INPUT=COLUMN; write e.g. --x P=trainable_params")
+        out[key] = col
+    return out
+
+
+def _add_fit(sub) -> None:
+    from .analyse.engine import LOSSES
+    from .analyse.laws import names
 
     p = sub.add_parser("fit", help="fit a law to a runs folder or parquet file")
-    add_fit_arguments(p)
-    p.set_defaults(func=run_fit_command)
+    p.add_argument("source", help="a .parquet (or .csv) file, or a folder of *.parquet files")
+    p.add_argument("--law", required=True, help=f"law name ({', '.join(names())})")
+    p.add_argument("--x", action="append", default=[], metavar="INPUT=COLUMN",
+                   help="map a law input to a column (repeatable), e.g. --x P=trainable_params")
+    p.add_argument("--y", default=None, help="column fitted; comma-separated for a joint law")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits (0: none)")
+    p.add_argument("--holdout", default=None, help="e.g. rank:largest or step:last:0.3")
+    p.add_argument("--loss", default="huber_log", choices=LOSSES)
+    p.add_argument("--delta", type=float, default=1e-3, help="Huber threshold")
+    p.add_argument("--min-step", type=int, default=0, help="drop rows with step < K")
+    p.add_argument("--group", default="run_id", help="bootstrap group column")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap")
+    p.add_argument("-o", "--output", default="fits.json", help="where to save the FitResult JSON")
+    p.set_defaults(func=cmd_fit)
+
+
+def _add_analysis(sub) -> None:
+    _add_fit(sub)
     for name, func, help_ in (("figures", cmd_figures, "draw the paper-style figures of a sweep"),
                               ("report", cmd_report, "write a self-contained HTML report of a sweep")):
         p = sub.add_parser(name, help=help_)

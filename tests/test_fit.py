@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pandas as pd
 import pytest
 
 from forgetting_laws.analyse import laws
-from forgetting_laws.analyse.fit import FitDataError, FitResult, add_fit_arguments, fit, fit_arrays, run_fit_command
+from forgetting_laws.analyse.fit import FitDataError, FitResult, fit, fit_arrays
+from forgetting_laws.cli import main
 from forgetting_laws.analyse.laws import LawError
 
 FIXTURES = Path(__file__).resolve().parent / "data"
@@ -421,13 +421,7 @@ def test_start_is_reported(chinchilla_fit):
     assert s["n_starts"] == 4500 and 0 <= s["index"] < 4500 and s["converged"]
 
 
-# ---------------------------------------------------------------- CLI hooks
-
-
-def _cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="forgetting-laws fit")
-    add_fit_arguments(parser)
-    return parser.parse_args(argv)
+# ---------------------------------------------------------------- the fit command
 
 
 def test_cli_fits_a_runs_folder(tmp_path, capsys):
@@ -437,9 +431,8 @@ def test_cli_fits_a_runs_folder(tmp_path, capsys):
     for run_id, part in df.groupby("run_id"):
         part.assign(schema_version=1).to_parquet(runs / f"{run_id}.parquet")  # as the sweep writes them
     out = tmp_path / "fits.json"
-    args = _cli([str(runs), "--law", "kalajdzievski_ft", "--x", "P=trainable_params", "--x", "N=step",
-                 "--y", "ft_loss", "--bootstrap", "0", "--loss", "mse", "--min-step", "50", "-o", str(out)])
-    assert run_fit_command(args) == 0
+    assert main(["fit", str(runs), "--law", "kalajdzievski_ft", "--x", "P=trainable_params", "--x", "N=step",
+                 "--y", "ft_loss", "--bootstrap", "0", "--loss", "mse", "--min-step", "50", "-o", str(out)]) == 0
     assert "[[Variables]]" in capsys.readouterr().out
     assert FitResult.from_json(out).law_name == "kalajdzievski_ft"
 
@@ -447,13 +440,12 @@ def test_cli_fits_a_runs_folder(tmp_path, capsys):
 def test_cli_reports_bad_column(tmp_path, capsys):
     path = tmp_path / "one.parquet"
     sweep(every=10).to_parquet(path)
-    args = _cli([str(path), "--law", "kalajdzievski_ft", "--x", "P=rankk", "--x", "N=step", "--bootstrap", "0"])
-    assert run_fit_command(args) == 2
+    assert main(["fit", str(path), "--law", "kalajdzievski_ft", "--x", "P=rankk", "--x", "N=step", "--bootstrap", "0"]) == 2
     assert "column 'rankk' (for x) not in the data" in capsys.readouterr().err
 
 
 def test_cli_rejects_malformed_x(tmp_path, capsys):
     path = tmp_path / "one.parquet"
     sweep(every=10).to_parquet(path)
-    assert run_fit_command(_cli([str(path), "--law", "power_law", "--x", "P"])) == 2
+    assert main(["fit", str(path), "--law", "power_law", "--x", "P"]) == 2
     assert "--x 'P' is not INPUT=COLUMN" in capsys.readouterr().err

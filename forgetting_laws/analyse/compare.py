@@ -22,7 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .fit import FitDataError, FitResult, fit
+from ..errors import FitDataError
+from .fit import fit
+from .result import FitResult
 
 __all__ = ["compare", "Comparison", "forget_at", "matched_levels"]
 

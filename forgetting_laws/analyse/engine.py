@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear, minimize
+from threadpoolctl import threadpool_limits
 
-from .._blas import single_threaded_blas
 from .laws import Law
 
 LOSSES = ("huber_log", "mse", "mse_log")
@@ -393,7 +393,7 @@ def _bootstrap_chunk(prob: Problem, starts: list[np.ndarray], groups: np.ndarray
                      seeds: list[np.random.SeedSequence]) -> np.ndarray:
     draws = np.empty((len(seeds), len(prob.law.params)))
     n_out = prob.law.n_outputs
-    with single_threaded_blas():
+    with threadpool_limits(limits=1, user_api="blas"):  # each process: one BLAS thread
         for i, ss in enumerate(seeds):
             w = np.tile(group_weights(groups, np.random.default_rng(ss)), n_out)
             bp = prob.with_weights(w)

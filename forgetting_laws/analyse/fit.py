@@ -1,7 +1,7 @@
 """Fit scaling laws to sweep data: multistart optimisation, bootstrap, validation.
 
 The entry points are :func:`fit` (a DataFrame, e.g. from ``store.load_runs``)
-and :func:`fit_arrays` (plain arrays). Both return a :class:`FitResult`.
+and :func:`fit_arrays` (plain arrays). Both return a :class:`~forgetting_laws.analyse.result.FitResult`.
 
 Examples
 --------
@@ -15,13 +15,9 @@ Examples
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,275 +25,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.optimize import minimize_scalar
+from threadpoolctl import threadpool_limits
 
+from ..errors import FitDataError
+from ..store import load_runs
 from . import laws as _laws
-from .._blas import single_threaded_blas
 from .engine import LOSSES, Problem, bootstrap as _bootstrap, distinct, multistart
-from ..store import SchemaError, load_runs
-from .laws import Law, LawError
+from .laws import Law
+from .result import FitResult
 
-__all__ = ["FitResult", "FitDataError", "fit", "fit_arrays", "add_fit_arguments", "run_fit_command"]
+__all__ = ["FitResult", "FitDataError", "fit", "fit_arrays", "holdout_mask", "read_table"]
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
 CORR_LIMIT = 0.99
-
-
-class FitDataError(ValueError):
-    """The data or the options given to a fit are unusable; the message says how to fix them."""
-
-
-# ====================================================================== result
-
-
-@dataclass
-class FitResult:
-    """The outcome of a fit: parameters, uncertainties, metrics and diagnostics.
-
-    Attributes
-    ----------
-    law_name : str
-        Registry name of the law.
-    params, stderr : dict
-        Parameter name -> best-fit value / standard error (bootstrap standard
-        deviation when bootstrapped, else the Gauss-Newton approximation).
-    ci : dict
-        Parameter name -> (low, high) at ``ci_level`` (bootstrap percentiles when
-        bootstrapped, else a normal approximation on the optimiser's scale, i.e.
-        in log space for positive scale parameters).
-    metrics : dict
-        In-sample metrics (``r2``, ``rmse``, ``mae``, ``are``, ``aic``, ``bic``,
-        ``loglik``, ``objective``, ``n``, ``rank_corr``) and, with a holdout,
-        ``holdout`` (``are``, ``mae``, ``r2``, ``n``, ``spec``).
-    warnings : list of str
-        Identifiability and convergence warnings.
-    correlation : ndarray, shape (p, p)
-        Parameter correlations (on the optimiser's scale: log for positive
-        scale parameters).
-    draws : ndarray, shape (n_boot, p)
-        Bootstrap parameter draws (empty when ``bootstrap=0``).
-    inputs, y_obs, fitted : data the law was fitted on (``y_obs``/``fitted`` stacked
-        output-major for joint laws).
-    """
-
-    law_name: str
-    params: dict[str, float]
-    stderr: dict[str, float]
-    ci: dict[str, tuple[float, float]]
-    metrics: dict[str, Any]
-    warnings: list[str]
-    correlation: np.ndarray
-    draws: np.ndarray
-    inputs: dict[str, np.ndarray]
-    y_obs: np.ndarray
-    fitted: np.ndarray
-    loss: str = "huber_log"
-    delta: float = 1e-3
-    ci_level: float = 0.95
-    x: dict[str, str] = field(default_factory=dict)
-    y: tuple[str, ...] = ()
-    start: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    _law: Law | None = field(default=None, repr=False, compare=False)
-
-    # ------------------------------------------------------------ access
-    @property
-    def law(self) -> Law:
-        """The :class:`~forgetting_laws.analyse.laws.Law` (looked up by name after loading JSON)."""
-        if self._law is None:
-            self._law = _laws.get(self.law_name)
-        return self._law
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return tuple(self.params)
-
-    @property
-    def residuals(self) -> np.ndarray:
-        """Observed minus fitted, on the data scale."""
-        return self.y_obs - self.fitted
-
-    # ------------------------------------------------------------ prediction
-    def predict(self, **inputs: Any) -> np.ndarray:
-        """Evaluate the fitted law at ``inputs`` (the law's input names).
-
-        Examples
-        --------
-        >>> res.predict(N=70e9, D=1.4e12)  # doctest: +SKIP
-        """
-        self._check_inputs(inputs)
-        return self.law(**{k: np.asarray(v, dtype=float) for k, v in inputs.items()}, **self.params)
-
-    def predict_interval(self, level: float = 0.95, **inputs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile interval of the prediction over the bootstrap draws.
-
-        Returns
-        -------
-        (low, high) : arrays shaped like :meth:`predict`'s output.
-        """
-        if self.draws.size == 0:
-            raise FitDataError("predict_interval needs bootstrap draws; this fit has bootstrap=0. "
-                               "Refit with bootstrap=1000 (or any N > 0).")
-        if not 0 < level < 1:
-            raise FitDataError(f"level={level!r} must lie in (0, 1), e.g. 0.95")
-        preds = self._predict_draws(inputs)
-        q = 50 * (1 - level)
-        return np.percentile(preds, q, axis=0), np.percentile(preds, 100 - q, axis=0)
-
-    def _predict_draws(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        self._check_inputs(inputs)
-        arrs = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in inputs.items()}
-        kw = {p: self.draws[:, [j]] for j, p in enumerate(self.params)}
-        if self.law.n_outputs > 1:
-            kw = {p: v[:, :, None] for p, v in kw.items()}
-        out = np.asarray(self.law(**arrs, **kw), dtype=float)
-        shape = np.shape(self.predict(**inputs))
-        return out.reshape((self.draws.shape[0],) + shape)
-
-    def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
-        missing = [i for i in self.law.inputs if i not in inputs]
-        extra = [i for i in inputs if i not in self.law.inputs]
-        if missing or extra:
-            raise FitDataError(
-                f"law {self.law_name!r} takes inputs {list(self.law.inputs)}; "
-                f"missing {missing}, unexpected {extra}"
-            )
-
-    # ------------------------------------------------------------ lmfit / reports
-    def to_lmfit(self) -> Any:
-        """The parameters as ``lmfit.Parameters`` (values, bounds, stderr, correlations)."""
-        import lmfit
-
-        pars = lmfit.Parameters()
-        for j, p in enumerate(self.params):
-            lo, hi = self.law.bound(p) if self._law_available() else (-np.inf, np.inf)
-            pars.add(p, value=self.params[p], min=lo, max=hi)
-            pars[p].stderr = self.stderr.get(p)
-            pars[p].correl = {q: float(self.correlation[j, k]) for k, q in enumerate(self.params) if q != p}
-        return pars
-
-    def _law_available(self) -> bool:
-        try:
-            self.law
-        except LawError:
-            return False
-        return True
-
-    def report(self, min_correl: float = 0.3) -> str:
-        """A text report in the style of ``lmfit.fit_report``."""
-        from .fit_report import text_report
-
-        return text_report(self, min_correl)
-
-    def _repr_html_(self) -> str:
-        from .fit_report import html_report
-
-        return html_report(self)
-
-    def __str__(self) -> str:
-        return self.report()
-
-    def plot(self, ax: Any = None) -> Any:
-        """Observed against fitted values, with the identity line. Returns the Axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4.5, 4.5))
-        n_out = len(self.y) if self.y else (self.law.n_outputs if self._law_available() else 1)
-        labels = list(self.y) or [f"output {i}" for i in range(n_out)]
-        for obs, fit_, label in zip(np.split(self.y_obs, n_out), np.split(self.fitted, n_out), labels):
-            ax.scatter(fit_, obs, s=12, alpha=0.7, label=label)
-        lo, hi = np.nanmin(self.y_obs), np.nanmax(self.y_obs)
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = fitted")
-        ax.set_xlabel("fitted")
-        ax.set_ylabel("observed")
-        ax.set_title(f"{self.law_name} (R$^2$ = {self.metrics.get('r2', float('nan')):.4f})")
-        ax.legend(fontsize="small")
-        return ax
-
-    # ------------------------------------------------------------ JSON
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``format_version`` included)."""
-        return _jsonable({
-            "format_version": FORMAT_VERSION, "law_name": self.law_name, "loss": self.loss,
-            "delta": self.delta, "ci_level": self.ci_level, "params": self.params,
-            "stderr": self.stderr, "ci": {k: list(v) for k, v in self.ci.items()},
-            "metrics": self.metrics, "warnings": self.warnings,
-            "correlation": self.correlation.tolist(), "draws": self.draws.tolist(),
-            "inputs": {k: np.asarray(v).tolist() for k, v in self.inputs.items()},
-            "y_obs": self.y_obs.tolist(), "fitted": self.fitted.tolist(),
-            "x": self.x, "y": list(self.y), "start": self.start, "options": self.options,
-        })
-
-    def to_json(self, path: str | Path | None = None, indent: int | None = 1) -> str:
-        """Serialise to JSON; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, source: str | Path, law: Law | None = None) -> FitResult:
-        """Load a result saved by :meth:`to_json` (a JSON string or a file path).
-
-        ``law`` supplies a user law that is not in the registry.
-        """
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
-        return cls.from_dict(json.loads(text), law=law)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], law: Law | None = None) -> FitResult:
-        version = d.get("format_version")
-        if version not in SUPPORTED_FORMAT_VERSIONS:
-            raise FitDataError(
-                f"format_version={version!r} is not supported (supported: {SUPPORTED_FORMAT_VERSIONS}); "
-                "upgrade forgetting-laws to read this file"
-            )
-        names = list(d["params"])
-        return cls(
-            law_name=d["law_name"], params=_floats(d["params"]), stderr=_floats(d["stderr"]),
-            ci={k: tuple(_f(v) for v in d["ci"][k]) for k in d["ci"]}, metrics=d["metrics"],
-            warnings=list(d["warnings"]), correlation=_array(d["correlation"], (len(names), len(names))),
-            draws=_array(d["draws"], (0, len(names))),
-            inputs={k: _array(v) for k, v in d["inputs"].items()}, y_obs=_array(d["y_obs"]),
-            fitted=_array(d["fitted"]), loss=d["loss"], delta=d["delta"], ci_level=d["ci_level"],
-            x=dict(d.get("x", {})), y=tuple(d.get("y", ())), start=d.get("start", {}),
-            options=d.get("options", {}), format_version=FORMAT_VERSION, _law=law,
-        )
-
-
-def _f(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def _floats(d: Mapping[str, Any]) -> dict[str, float]:
-    return {k: _f(v) for k, v in d.items()}
-
-
-def _array(v: Any, empty_shape: tuple[int, ...] = (0,)) -> np.ndarray:
-    a = np.array([[_f(x) for x in row] for row in v] if v and isinstance(v[0], list) else [_f(x) for x in v])
-    return a if a.size else np.zeros(empty_shape)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
-
-
-# ====================================================================== fitting
 
 
 def fit(
@@ -415,7 +154,7 @@ def fit_arrays(
     X, Y, g, notes = _clean_arrays(law, inputs, y, groups)
     _check_values(law, X, Y, loss)
     prob = Problem(law, X, Y.ravel(), loss, delta)
-    with single_threaded_blas():
+    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads cost more than they give
         sols, starts = multistart(prob, n_refine)
         best = sols[0]
         # warm starts: the optimum plus other local optima nearly as good (a resample may prefer one)
@@ -744,55 +483,9 @@ def _start_info(law: Law, best: Any, starts: np.ndarray, sols: list[Any]) -> dic
     }
 
 
-# ====================================================================== CLI
-
-
-def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the arguments of ``forgetting-laws fit`` on ``parser``."""
-    parser.add_argument("source", help="a .parquet (or .csv) file, or a folder of *.parquet files")
-    parser.add_argument("--law", required=True, help=f"law name ({', '.join(_laws.names())})")
-    parser.add_argument("--x", action="append", default=[], metavar="INPUT=COLUMN",
-                        help="map a law input to a column (repeatable), e.g. --x P=trainable_params")
-    parser.add_argument("--y", default=None, help="column fitted; comma-separated for a joint law")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits (0: none)")
-    parser.add_argument("--holdout", default=None, help="e.g. rank:largest or step:last:0.3")
-    parser.add_argument("--loss", default="huber_log", choices=LOSSES)
-    parser.add_argument("--delta", type=float, default=1e-3, help="Huber threshold")
-    parser.add_argument("--min-step", type=int, default=0, help="drop rows with step < K")
-    parser.add_argument("--group", default="run_id", help="bootstrap group column")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap")
-    parser.add_argument("-o", "--output", default="fits.json", help="where to save the FitResult JSON")
-
-
-def run_fit_command(args: argparse.Namespace) -> int:
-    """Run ``forgetting-laws fit``: load, fit, print the report, save JSON. Returns an exit code."""
-    try:
-        df = _read_table(Path(args.source))
-        res = fit(df, args.law, x=_parse_x(args.x), y=args.y.split(",") if args.y else None,
-                  loss=args.loss, delta=args.delta, bootstrap=args.bootstrap, group=args.group,
-                  holdout=args.holdout, min_step=args.min_step, seed=args.seed,
-                  n_jobs=getattr(args, "jobs", 1))
-    except (FitDataError, LawError, FileNotFoundError, SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(res.report())
-    res.to_json(args.output)
-    print(f"saved {args.output}")
-    return 0
-
-
-def _parse_x(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, col = item.partition("=")
-        if not sep or not key or not col:
-            raise FitDataError(f"--x {item!r} is not INPUT=COLUMN; write e.g. --x P=trainable_params")
-        out[key] = col
-    return out
-
-
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Rows to fit from a runs folder (checked by :func:`~forgetting_laws.load_runs`), a .parquet or a .csv file."""
+    path = Path(path)
     if path.is_dir():
         return load_runs(path)  # a runs folder: the schema version is checked
     if not path.exists():

@@ -1,14 +1,17 @@
-"""Text and HTML reports of a :class:`~forgetting_laws.analyse.fit.FitResult` (lmfit ``fit_report`` style)."""
+"""Text and HTML reports of a fit result (lmfit ``fit_report`` style).
+
+The functions read a :class:`~forgetting_laws.analyse.result.FitResult` by its attributes and
+import nothing from the result module, so the two modules do not import each other.
+"""
 
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .fit import FitResult
+FitResult = Any  # a forgetting_laws.analyse.result.FitResult, read by attribute
 
 
 def _formula(res: FitResult) -> str:

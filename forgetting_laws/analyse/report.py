@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fit import FitResult
+from .result import FitResult
 from .standard import FIGURES, STANDARD_FITS, verdict
 
 __all__ = ["write_report", "runs_table"]

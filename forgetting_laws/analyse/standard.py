@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .fit import FitResult, fit, holdout_mask
+from .fit import fit, holdout_mask
+from .result import FitResult
 
 __all__ = ["StandardFit", "STANDARD_FITS", "fit_sweep", "write_figures", "verdict", "FIGURES", "Figure",
            "figure_script"]
