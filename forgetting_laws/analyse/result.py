@@ -1,8 +1,9 @@
-"""The result of a fit: :class:`FitResult`, its predictions, reports and JSON form.
+"""The result of a fit: :class:`FitResult`, its predictions, intervals, reports and JSON form.
 
 A result carries what a user asks next (as lmfit's ``ModelResult``): parameters with their
-uncertainties, metrics, residuals, predictions, a text and an HTML report, a plot, and a JSON
-round trip whose ``format_version`` is checked on loading.
+uncertainties, metrics, residuals, predictions with a confidence band (the mean curve) and a
+prediction interval (a new measurement), a text and an HTML report, a plot, and a JSON round
+trip whose ``format_version`` is checked on loading.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from ..errors import FitDataError
 from . import laws as _laws
 from .fit_report import html_report, text_report
 from .laws import Law, LawError
+from .policy import AnalysisPolicy
+from .uncertainty import NoiseModel, mean_band, prediction_band
 
 __all__ = ["FitResult", "FORMAT_VERSION", "SUPPORTED_FORMAT_VERSIONS"]
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+#: 2: the analysis policy, the covariance, the noise model and the interval method are saved.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -35,24 +39,33 @@ class FitResult:
     ----------
     law_name : str
         Registry name of the law.
-    params, stderr : dict
-        Parameter name -> best-fit value / standard error (bootstrap standard
-        deviation when bootstrapped, else the Gauss-Newton approximation).
-    ci : dict
-        Parameter name -> (low, high) at ``ci_level`` (bootstrap percentiles when
-        bootstrapped, else a normal approximation on the optimiser's scale, i.e.
-        in log space for positive scale parameters).
+    params : dict
+        Parameter name -> best-fit value (always a number, so :meth:`predict` works; see
+        ``unidentified`` for the parameters the data do not pin down).
+    stderr, ci : dict
+        Parameter name -> standard error / (low, high) at ``ci_level``, by ``interval_method``.
+    interval_method, interval_note : str
+        ``"cluster bootstrap"`` (percentiles of refits on resampled runs), ``"asymptotic"``
+        (Student-t intervals from the covariance, used below ``policy.min_clusters`` runs) or
+        ``"none"``; the note says what they rest on, or why there are none.
+    unidentified : dict
+        Parameter name -> why the data do not pin it down.
     metrics : dict
-        In-sample metrics (``r2``, ``rmse``, ``mae``, ``are``, ``aic``, ``bic``,
-        ``loglik``, ``objective``, ``n``, ``rank_corr``) and, with a holdout,
-        ``holdout`` (``are``, ``mae``, ``r2``, ``n``, ``spec``).
+        In-sample metrics (``r2``, ``rmse``, ``mae``, ``are``, ``aic``, ``bic``, ``loglik``,
+        ``objective``, ``n``, ``rank_corr``), per output in ``outputs`` (for a joint law the
+        top-level ``r2`` is the smallest per-output one), and with a holdout ``holdout``
+        (``are``, ``mae``, ``r2``, ``n``, ``spec``, ``coverage`` of the prediction interval).
     warnings : list of str
-        Identifiability and convergence warnings.
-    correlation : ndarray, shape (p, p)
-        Parameter correlations (on the optimiser's scale: log for positive
+        Identifiability, interval and convergence warnings.
+    correlation, covariance : ndarray, shape (p, p)
+        Parameter correlations and covariance on the optimiser's scale (log for positive
         scale parameters).
     draws : ndarray, shape (n_boot, p)
-        Bootstrap parameter draws (empty when ``bootstrap=0``).
+        Bootstrap parameter draws (empty without a cluster bootstrap).
+    noise : NoiseModel or None
+        Scatter of the measurements around the law (``noise_note`` says why it is missing).
+    policy : AnalysisPolicy
+        The analysis policy the fit was made under.
     inputs, y_obs, fitted : data the law was fitted on (``y_obs``/``fitted`` stacked
         output-major for joint laws).
     """
@@ -68,14 +81,18 @@ class FitResult:
     inputs: dict[str, np.ndarray]
     y_obs: np.ndarray
     fitted: np.ndarray
-    loss: str = "huber_log"
-    delta: float = 1e-3
-    ci_level: float = 0.95
+    policy: AnalysisPolicy = field(default_factory=AnalysisPolicy)
+    covariance: np.ndarray | None = None
+    noise: NoiseModel | None = None
+    noise_note: str = ""
+    interval_method: str = "none"
+    interval_note: str = ""
+    unidentified: dict[str, str] = field(default_factory=dict)
     x: dict[str, str] = field(default_factory=dict)
     y: tuple[str, ...] = ()
     start: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = FORMAT_VERSION  # of the file it was loaded from; saving writes FORMAT_VERSION
     _law: Law | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------ access
@@ -85,6 +102,18 @@ class FitResult:
         if self._law is None:
             self._law = _laws.get(self.law_name)
         return self._law
+
+    @property
+    def loss(self) -> str:
+        return self.policy.loss
+
+    @property
+    def delta(self) -> float:
+        return self.policy.delta
+
+    @property
+    def ci_level(self) -> float:
+        return self.policy.ci_level
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -106,31 +135,62 @@ class FitResult:
         self._check_inputs(inputs)
         return self.law(**{k: np.asarray(v, dtype=float) for k, v in inputs.items()}, **self.params)
 
-    def predict_interval(self, level: float = 0.95, **inputs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile interval of the prediction over the bootstrap draws.
+    def confidence_band(self, level: float | None = None, **inputs: Any) -> tuple[np.ndarray, np.ndarray]:
+        r"""Interval for the law's **mean curve** at ``inputs``: parameter uncertainty only.
+
+        Bootstrap percentiles of the refitted curves, or (asymptotic intervals) the delta method
+        :math:`g(\hat f) \pm t_\nu \sqrt{j^\top \Sigma_u j}` on the objective's scale :math:`g`
+        (log y for the log objectives). It narrows as data accumulate and does *not* cover new
+        measurements: use :meth:`prediction_interval` for those.
 
         Returns
         -------
         (low, high) : arrays shaped like :meth:`predict`'s output.
         """
-        if self.draws.size == 0:
-            raise FitDataError("predict_interval needs bootstrap draws; this fit has bootstrap=0. "
-                               "Refit with bootstrap=1000 (or any N > 0).")
+        centre, lo, hi = self._band(level, inputs)
+        return self._from_scale(lo), self._from_scale(hi)
+
+    def prediction_interval(self, level: float | None = None, **inputs: Any) -> tuple[np.ndarray, np.ndarray]:
+        r"""Interval for a **new measurement** at ``inputs``: the confidence band widened by the
+        residual noise, :math:`g \pm \sqrt{h^2 + (t_\nu \hat\sigma)^2}` on the objective's scale,
+        with :math:`\hat\sigma` and :math:`\nu` from the noise model (rows of a run correlate,
+        so :math:`\nu` counts independent observations, not rows).
+
+        Held-out coverage (``metrics["holdout"]["coverage"]``) is measured with this interval.
+
+        Returns
+        -------
+        (low, high) : arrays shaped like :meth:`predict`'s output.
+        """
+        if self.noise is None:
+            raise FitDataError(f"this fit has no prediction interval: {self.noise_note or 'no noise model'}")
+        level = self._level(level)
+        centre, lo, hi = self._band(level, inputs)
+        lo, hi = prediction_band(centre, lo, hi, self.noise, level, self.law.n_outputs)
+        return self._from_scale(lo), self._from_scale(hi)
+
+    def _band(self, level: float | None, inputs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+        self._check_inputs(inputs)
+        if self.interval_method == "none":
+            raise FitDataError(f"this fit has no intervals: {self.interval_note}")
+        arrays = {k: np.asarray(v, dtype=float) for k, v in inputs.items()}
+        theta = np.array([self.params[p] for p in self.law.params])
+        return mean_band(self.law, theta, arrays, self._level(level), self._log_scale,
+                         self.draws if self.draws.size else None, self.covariance,
+                         self.noise.dof if self.noise else None)
+
+    @property
+    def _log_scale(self) -> bool:
+        return self.loss in ("huber_log", "mse_log")
+
+    def _from_scale(self, a: np.ndarray) -> np.ndarray:
+        return np.exp(a) if self._log_scale else a
+
+    def _level(self, level: float | None) -> float:
+        level = self.ci_level if level is None else level
         if not 0 < level < 1:
             raise FitDataError(f"level={level!r} must lie in (0, 1), e.g. 0.95")
-        preds = self._predict_draws(inputs)
-        q = 50 * (1 - level)
-        return np.percentile(preds, q, axis=0), np.percentile(preds, 100 - q, axis=0)
-
-    def _predict_draws(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        self._check_inputs(inputs)
-        arrs = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in inputs.items()}
-        kw = {p: self.draws[:, [j]] for j, p in enumerate(self.params)}
-        if self.law.n_outputs > 1:
-            kw = {p: v[:, :, None] for p, v in kw.items()}
-        out = np.asarray(self.law(**arrs, **kw), dtype=float)
-        shape = np.shape(self.predict(**inputs))
-        return out.reshape((self.draws.shape[0],) + shape)
+        return level
 
     def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
         missing = [i for i in self.law.inputs if i not in inputs]
@@ -192,12 +252,14 @@ class FitResult:
     # ------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``format_version`` included)."""
+        cov = self.covariance if self.covariance is not None else np.full((len(self.params),) * 2, np.nan)
         return _jsonable({
-            "format_version": FORMAT_VERSION, "law_name": self.law_name, "loss": self.loss,
-            "delta": self.delta, "ci_level": self.ci_level, "params": self.params,
-            "stderr": self.stderr, "ci": {k: list(v) for k, v in self.ci.items()},
-            "metrics": self.metrics, "warnings": self.warnings,
-            "correlation": self.correlation.tolist(), "draws": self.draws.tolist(),
+            "format_version": FORMAT_VERSION, "law_name": self.law_name, "policy": self.policy.to_dict(),
+            "params": self.params, "stderr": self.stderr, "ci": {k: list(v) for k, v in self.ci.items()},
+            "interval_method": self.interval_method, "interval_note": self.interval_note,
+            "unidentified": self.unidentified, "metrics": self.metrics, "warnings": self.warnings,
+            "correlation": self.correlation.tolist(), "covariance": cov.tolist(), "draws": self.draws.tolist(),
+            "noise": self.noise.to_dict() if self.noise else None, "noise_note": self.noise_note,
             "inputs": {k: np.asarray(v).tolist() for k, v in self.inputs.items()},
             "y_obs": self.y_obs.tolist(), "fitted": self.fitted.tolist(),
             "x": self.x, "y": list(self.y), "start": self.start, "options": self.options,
@@ -229,17 +291,42 @@ class FitResult:
                 f"format_version={version!r} is not supported (supported: {SUPPORTED_FORMAT_VERSIONS}); "
                 "upgrade forgetting-laws to read this file"
             )
-        names = list(d["params"])
+        p = len(d["params"])
+        extra = _version_2_fields(d) if version == 2 else _version_1_fields(d)
         return cls(
             law_name=d["law_name"], params=_floats(d["params"]), stderr=_floats(d["stderr"]),
             ci={k: tuple(_f(v) for v in d["ci"][k]) for k in d["ci"]}, metrics=d["metrics"],
-            warnings=list(d["warnings"]), correlation=_array(d["correlation"], (len(names), len(names))),
-            draws=_array(d["draws"], (0, len(names))),
-            inputs={k: _array(v) for k, v in d["inputs"].items()}, y_obs=_array(d["y_obs"]),
-            fitted=_array(d["fitted"]), loss=d["loss"], delta=d["delta"], ci_level=d["ci_level"],
-            x=dict(d.get("x", {})), y=tuple(d.get("y", ())), start=d.get("start", {}),
-            options=d.get("options", {}), format_version=FORMAT_VERSION, _law=law,
+            warnings=list(d["warnings"]), correlation=_array(d["correlation"], (p, p)),
+            draws=_array(d["draws"], (0, p)), inputs={k: _array(v) for k, v in d["inputs"].items()},
+            y_obs=_array(d["y_obs"]), fitted=_array(d["fitted"]), x=dict(d.get("x", {})),
+            y=tuple(d.get("y", ())), start=d.get("start", {}), options=d.get("options", {}),
+            format_version=version, _law=law, **extra,
         )
+
+
+def _version_2_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+    p = len(d["params"])
+    return {
+        "policy": AnalysisPolicy.from_dict(d["policy"]), "covariance": _array(d["covariance"], (p, p)),
+        "noise": NoiseModel.from_dict(d["noise"]) if d.get("noise") else None, "noise_note": d["noise_note"],
+        "interval_method": d["interval_method"], "interval_note": d["interval_note"],
+        "unidentified": dict(d.get("unidentified", {})),
+    }
+
+
+def _version_1_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Format 1 kept the loss, delta and level beside the options, and no noise model."""
+    opts = d.get("options", {})
+    policy = AnalysisPolicy(loss=d["loss"], delta=d["delta"], ci_level=d["ci_level"],
+                            bootstrap=int(opts.get("bootstrap", 0)), seed=int(opts.get("seed", 0)),
+                            min_step=int(opts.get("min_step", 0) or 0))
+    boot = bool(d["draws"])
+    return {
+        "policy": policy, "noise": None,
+        "noise_note": "saved in format 1, which holds no noise model; refit for prediction intervals",
+        "interval_method": "cluster bootstrap" if boot else "none",
+        "interval_note": "saved in format 1" if boot else "saved in format 1 without bootstrap draws",
+    }
 
 
 def _f(v: Any) -> float:
@@ -263,10 +350,10 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.integer,)):
         return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     return obj
-
-
