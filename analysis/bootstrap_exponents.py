@@ -1,6 +1,6 @@
 """Regenerate the bootstrap distributions of the L_f(P, N) exponents.
 
-Usage: python analysis/bootstrap_exponents.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
+Usage: python analysis/bootstrap_exponents.py RUNS_DIR [-o FIGURES_DIR] [analysis policy options: --min-step, --bootstrap, --loss, ...]
 """
 
 from forgetting_laws.analyse.standard import figure_script

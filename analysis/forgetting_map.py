@@ -1,6 +1,6 @@
 """Regenerate the predicted-forgetting contour map over (P, N) with the measured runs.
 
-Usage: python analysis/forgetting_map.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
+Usage: python analysis/forgetting_map.py RUNS_DIR [-o FIGURES_DIR] [analysis policy options: --min-step, --bootstrap, --loss, ...]
 """
 
 from forgetting_laws.analyse.standard import figure_script

@@ -1,6 +1,6 @@
 """Regenerate the held-out-steps extrapolation of L_f(P, N).
 
-Usage: python analysis/holdout_step.py RUNS_DIR [-o FIGURES_DIR] [--bootstrap 200] [--min-step 1]
+Usage: python analysis/holdout_step.py RUNS_DIR [-o FIGURES_DIR] [analysis policy options: --min-step, --bootstrap, --loss, ...]
 """
 
 from forgetting_laws.analyse.standard import figure_script

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from .analyse.fit import FitDataError
 from .analyse.laws import LawError
-from .errors import ConfigError
+from .errors import ConfigError, FitDataError
 from .registry import import_plugins
 from .store import CorruptFile, SchemaError
 
@@ -100,18 +98,23 @@ def _add_sweep(sub) -> None:
 
 
 def _analyse(args: argparse.Namespace, runs_dir: Path):
-    from .store import load_runs
+    """Load a sweep, fit its standard laws under the options' policy, say which laws were skipped."""
+    from .analyse.policy import policy_from_args
     from .analyse.standard import fit_sweep
+    from .store import load_runs
 
     df = load_runs(runs_dir)
-    return df, fit_sweep(df, bootstrap=args.bootstrap, min_step=args.min_step, n_jobs=args.jobs)
+    fits = fit_sweep(df, policy_from_args(args))
+    for name, why in fits.skipped.items():
+        print(f"skipped law {name}: {why}", file=sys.stderr)
+    return df, fits
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from .analyse.standard import write_figures
 
     df, fits = _analyse(args, Path(args.runs_dir))
-    written = write_figures(df, fits, args.out, min_step=args.min_step)
+    written = write_figures(df, fits, args.out)
     for name, paths in written.items():
         print(f"{name}: {', '.join(map(str, paths))}")
     return 0
@@ -123,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     df, fits = _analyse(args, Path(args.runs_dir))
     fig_dir = Path(args.figures) if args.figures else Path(args.out).parent / "figures"
-    figures = write_figures(df, fits, fig_dir, min_step=args.min_step)
+    figures = write_figures(df, fits, fig_dir)
     print(f"report: {write_report(df, fits, figures, args.out, runs_dir=args.runs_dir)}")
     return 0
 
@@ -138,11 +141,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     run_sweep(load_spec(args.spec, args.set or []), out / "runs", progress=not args.quiet)
     df, fits = _analyse(args, out / "runs")
-    figures = write_figures(df, fits, out / "figures", min_step=args.min_step)
+    figures = write_figures(df, fits, out / "figures")
+    print(f"analysis policy: {fits.policy.describe()}")
     for name, res in fits.items():
         print(f"\n== {name}\n{_summary(res)}\n   {verdict(res)}")
         (out / "fits").mkdir(parents=True, exist_ok=True)
         res.to_json(out / "fits" / f"{name}.json")
+    if fits.law_test is not None:
+        print(f"\n{fits.law_test.report()}")
     report = write_report(df, fits, figures, out / "report.html", runs_dir=out / "runs")
     print(f"\nreport:  {report.resolve()}\nfigures: {(out / 'figures').resolve()}  ({len(figures)} figures, PNG + PDF)"
           f"\nfits:    {(out / 'fits').resolve()}\nruns:    {(out / 'runs').resolve()}")
@@ -150,16 +156,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _summary(res) -> str:
-    return "\n".join(f"   {p:>8} = {v:10.4g}   {res.ci_level:.0%} CI [{res.ci[p][0]:.4g}, {res.ci[p][1]:.4g}]"
-                     for p, v in res.params.items())
+    lines = []
+    for p, v in res.params.items():
+        if p in res.unidentified:
+            lines.append(f"   {p:>8} = not identified: {res.unidentified[p]}")
+        else:
+            lo, hi = res.ci[p]
+            lines.append(f"   {p:>8} = {v:10.4g}   {res.ci_level:.0%} interval [{lo:.4g}, {hi:.4g}] ({res.interval_method})")
+    return "\n".join(lines)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Load a table, fit one law, print the report and save the result as JSON."""
+    from .analyse.fit import fit, read_table
+    from .analyse.policy import policy_from_args
+
+    res = fit(read_table(args.source), args.law, x=_parse_x(args.x), y=args.y.split(",") if args.y else None,
+              policy=policy_from_args(args), group=args.group, holdout=args.holdout)
+    print(res.report())
+    res.to_json(args.output)
+    print(f"saved {args.output}")
+    return 0
+
+
+def _parse_x(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, col = item.partition("=")
+        if not sep or not key or not col:
+            raise FitDataError(f"--x {item!r} is not INPUT=COLUMN; write e.g. --x P=trainable_params")
+        out[key] = col
+    return out
+
+
+def _add_fit(sub) -> None:
+    from .analyse.laws import names
+    from .analyse.policy import add_policy_arguments
+
+    p = sub.add_parser("fit", help="fit a law to a runs folder or parquet file")
+    p.add_argument("source", help="a .parquet (or .csv) file, or a folder of *.parquet files")
+    p.add_argument("--law", required=True, help=f"law name ({', '.join(names())})")
+    p.add_argument("--x", action="append", default=[], metavar="INPUT=COLUMN",
+                   help="map a law input to a column (repeatable), e.g. --x P=trainable_params")
+    p.add_argument("--y", default=None, help="column fitted; comma-separated for a joint law")
+    p.add_argument("--holdout", default=None, help="e.g. rank:largest or step:last:0.3")
+    p.add_argument("--group", default="run_id", help="column of correlated rows (a run), resampled whole")
+    add_policy_arguments(p)
+    p.add_argument("-o", "--output", default="fits.json", help="where to save the FitResult JSON")
+    p.set_defaults(func=cmd_fit)
 
 
 def _add_analysis(sub) -> None:
-    from .analyse.fit import add_fit_arguments, run_fit_command
-
-    p = sub.add_parser("fit", help="fit a law to a runs folder or parquet file")
-    add_fit_arguments(p)
-    p.set_defaults(func=run_fit_command)
+    _add_fit(sub)
     for name, func, help_ in (("figures", cmd_figures, "draw the paper-style figures of a sweep"),
                               ("report", cmd_report, "write a self-contained HTML report of a sweep")):
         p = sub.add_parser(name, help=help_)
@@ -174,9 +222,7 @@ def _add_analysis(sub) -> None:
     _set_option(p)
     p.add_argument("--out", "-o", default="demo-out", help="output folder: runs/, fits/, figures/, report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    # The paper leaves out the first 50 of 260 steps; the demo's 60 steps leave out those below 8
-    # (Adam's early transient), which lifts R^2 of the P,N laws from ~0.9 to ~0.98.
-    _common_fit_options(p, min_step=8)
+    _common_fit_options(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -185,8 +231,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .analyse.compare import compare
     from .store import load_runs
 
-    cmp = compare(load_runs(Path(args.runs_dir)), n_levels=args.levels, bootstrap=args.bootstrap,
-                  min_step=args.min_step)
+    from .analyse.policy import policy_from_args
+
+    cmp = compare(load_runs(Path(args.runs_dir)), policy_from_args(args), n_levels=args.levels)
     print(cmp.report())
     if args.out:
         from .analyse.plots import save
@@ -389,12 +436,10 @@ def _sharpness_options(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
 
 
-def _common_fit_options(p, min_step: int = 1) -> None:
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (default 200)")
-    p.add_argument("--min-step", type=int, default=min_step,
-                   help=f"leave out steps below this (default {min_step}; step 0 always: N^-beta is infinite there)")
-    p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 4),
-                   help="processes for the bootstrap refits (default: CPU cores, at most 4)")
+def _common_fit_options(p) -> None:
+    from .analyse.policy import add_policy_arguments
+
+    add_policy_arguments(p)
 
 
 def _set_option(p) -> None:

@@ -8,7 +8,7 @@ from forgetting_laws import load_runs
 from forgetting_laws.cli import main
 from forgetting_laws.analyse.compare import compare, forget_at, matched_levels
 from forgetting_laws.measure.spec import SweepSpec
-from forgetting_laws.analyse.fit import FitDataError
+from forgetting_laws.errors import FitDataError
 from forgetting_laws.measure.sweep import run_sweep
 
 METHODS = ["lora", "sam", "ilora", "replay"]

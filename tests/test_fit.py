@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import pandas as pd
 import pytest
 
 from forgetting_laws.analyse import laws
-from forgetting_laws.analyse.fit import FitDataError, FitResult, add_fit_arguments, fit, fit_arrays, run_fit_command
+from forgetting_laws.analyse.fit import FitDataError, FitResult, fit, fit_arrays
+from forgetting_laws.cli import main
 from forgetting_laws.analyse.laws import LawError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "data"
 
 # Kalajdzievski 2024, Table 1 (see shared/reference/kalajdzievski_constants.md)
@@ -57,10 +56,8 @@ KAL_X = {"P": "trainable_params", "N": "step"}
 
 @pytest.fixture(scope="module")
 def chinchilla_df() -> pd.DataFrame:
-    path = DATA / "chinchilla_epoch_svg_extracted.csv"
-    if not DATA.is_dir():
-        pytest.skip(f"shared data folder {DATA} is absent (clone shared/ beside the repo)")
-    df = pd.read_csv(path).sort_values("loss").iloc[:-5]  # drop the 5 highest losses, as Epoch did
+    df = pd.read_csv(FIXTURES / "chinchilla_epoch_svg_extracted.csv")
+    df = df.sort_values("loss").iloc[:-5]  # drop the 5 highest losses, as Epoch did
     return df.assign(N=df["Model Size"], D=df["Training FLOP"] / (6 * df["Model Size"]))
 
 
@@ -179,7 +176,7 @@ def test_bootstrap_prediction_intervals_are_calibrated():
     for seed in range(50):
         df = sweep("openorca", noise=0.003, seed=100 + seed, every=10).drop(columns="run_id")
         res = fit(df, "kalajdzievski_ft", x=KAL_X, loss="mse", bootstrap=100, n_refine=4, seed=seed)
-        lo, hi = res.predict_interval(0.95, P=P0, N=N0)
+        lo, hi = res.confidence_band(0.95, P=P0, N=N0)
         hits.append(lo <= truth <= hi)
     print(f"coverage of 95% bootstrap prediction intervals over {len(hits)} seeds: {np.mean(hits):.2f}")
     assert 0.85 <= np.mean(hits) <= 0.99, f"coverage {np.mean(hits):.2f}"
@@ -357,17 +354,13 @@ def test_fit_an_lmfit_model():
 # ---------------------------------------------------------------- the result object
 
 
-def test_predict_interval_brackets_prediction(small_fit):
-    lo, hi = small_fit.predict_interval(0.9, x=np.array([10.0, 100.0]))
-    mid = small_fit.predict(x=np.array([10.0, 100.0]))
-    assert np.all(lo <= mid) and np.all(mid <= hi) and lo.shape == (2,)
-
-
-def test_predict_interval_needs_draws():
-    res = fit_arrays("power_law", {"x": np.logspace(0, 2, 10)}, 1 + np.logspace(0, 2, 10) ** -0.5,
-                     bootstrap=0)
-    with pytest.raises(FitDataError, match=r"needs bootstrap draws; this fit has bootstrap=0"):
-        res.predict_interval(x=1.0)
+def test_band_and_prediction_interval_bracket_prediction(small_fit):
+    x = np.array([10.0, 100.0])
+    mid = small_fit.predict(x=x)
+    lo, hi = small_fit.confidence_band(0.9, x=x)
+    plo, phi = small_fit.prediction_interval(0.9, x=x)
+    assert lo.shape == plo.shape == (2,)
+    assert np.all(plo <= lo) and np.all(lo <= mid) and np.all(mid <= hi) and np.all(hi <= phi)
 
 
 def test_json_round_trip(small_fit, tmp_path):
@@ -377,7 +370,10 @@ def test_json_round_trip(small_fit, tmp_path):
     assert back.params == small_fit.params and back.ci == small_fit.ci
     np.testing.assert_allclose(back.draws, small_fit.draws)
     np.testing.assert_allclose(back.predict(x=5.0), small_fit.predict(x=5.0))
-    assert json.loads(small_fit.to_json())["format_version"] == 1
+    assert json.loads(small_fit.to_json())["format_version"] == 2
+    assert back.policy == small_fit.policy and back.noise == small_fit.noise
+    assert back.interval_method == small_fit.interval_method
+    np.testing.assert_allclose(back.prediction_interval(x=5.0), small_fit.prediction_interval(x=5.0))
     assert back.report() == small_fit.report()
 
 
@@ -386,8 +382,10 @@ def test_saved_version_1_still_loads():
     assert res.law_name == "power_law" and res.format_version == 1
     assert res.params["alpha"] == pytest.approx(0.5, rel=0.05)
     assert res.predict(x=10.0) == pytest.approx(1.0 + 2.0 * 10**-0.5, rel=0.01)
-    lo, hi = res.predict_interval(x=10.0)
+    lo, hi = res.confidence_band(x=10.0)
     assert lo <= hi
+    with pytest.raises(FitDataError, match=r"no prediction interval: saved in format 1"):
+        res.prediction_interval(x=10.0)
 
 
 def test_unknown_format_version_is_refused():
@@ -424,13 +422,7 @@ def test_start_is_reported(chinchilla_fit):
     assert s["n_starts"] == 4500 and 0 <= s["index"] < 4500 and s["converged"]
 
 
-# ---------------------------------------------------------------- CLI hooks
-
-
-def _cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="forgetting-laws fit")
-    add_fit_arguments(parser)
-    return parser.parse_args(argv)
+# ---------------------------------------------------------------- the fit command
 
 
 def test_cli_fits_a_runs_folder(tmp_path, capsys):
@@ -440,9 +432,8 @@ def test_cli_fits_a_runs_folder(tmp_path, capsys):
     for run_id, part in df.groupby("run_id"):
         part.assign(schema_version=1).to_parquet(runs / f"{run_id}.parquet")  # as the sweep writes them
     out = tmp_path / "fits.json"
-    args = _cli([str(runs), "--law", "kalajdzievski_ft", "--x", "P=trainable_params", "--x", "N=step",
-                 "--y", "ft_loss", "--bootstrap", "0", "--loss", "mse", "--min-step", "50", "-o", str(out)])
-    assert run_fit_command(args) == 0
+    assert main(["fit", str(runs), "--law", "kalajdzievski_ft", "--x", "P=trainable_params", "--x", "N=step",
+                 "--y", "ft_loss", "--bootstrap", "0", "--loss", "mse", "--min-step", "50", "-o", str(out)]) == 0
     assert "[[Variables]]" in capsys.readouterr().out
     assert FitResult.from_json(out).law_name == "kalajdzievski_ft"
 
@@ -450,13 +441,35 @@ def test_cli_fits_a_runs_folder(tmp_path, capsys):
 def test_cli_reports_bad_column(tmp_path, capsys):
     path = tmp_path / "one.parquet"
     sweep(every=10).to_parquet(path)
-    args = _cli([str(path), "--law", "kalajdzievski_ft", "--x", "P=rankk", "--x", "N=step", "--bootstrap", "0"])
-    assert run_fit_command(args) == 2
+    assert main(["fit", str(path), "--law", "kalajdzievski_ft", "--x", "P=rankk", "--x", "N=step", "--bootstrap", "0"]) == 2
     assert "column 'rankk' (for x) not in the data" in capsys.readouterr().err
 
 
 def test_cli_rejects_malformed_x(tmp_path, capsys):
     path = tmp_path / "one.parquet"
     sweep(every=10).to_parquet(path)
-    assert run_fit_command(_cli([str(path), "--law", "power_law", "--x", "P"])) == 2
+    assert main(["fit", str(path), "--law", "power_law", "--x", "P"]) == 2
     assert "--x 'P' is not INPUT=COLUMN" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- joint laws
+
+
+def test_joint_law_reports_each_output():
+    """Before: one R^2 pooled over the stacked outputs (0.9998 where they were 0.991 and 0.978)."""
+    from forgetting_laws.analyse.diagnostics import error_metrics
+
+    df = sweep("openorca", noise=0.003, every=10, seed=11)
+    res = fit(df, "kalajdzievski_joint", x=KAL_X, y=("ft_loss", "forget_loss"), loss="mse", bootstrap=0)
+    fitted, observed = np.split(res.fitted, 2), np.split(res.y_obs, 2)
+    np.testing.assert_allclose(np.sort(observed[0]), np.sort(df["ft_loss"]))
+    for k, col in enumerate(("ft_loss", "forget_loss")):
+        expected = error_metrics(observed[k], fitted[k])
+        assert res.metrics["outputs"][col] == pytest.approx(expected)
+    assert res.metrics["r2"] == min(o["r2"] for o in res.metrics["outputs"].values())
+    pooled = error_metrics(res.y_obs, res.fitted)["r2"]
+    assert pooled > res.metrics["r2"]  # the pooled R^2 flatters: the outputs sit at different levels
+    from forgetting_laws.analyse.fit_report import verdict
+    text = verdict(res)
+    assert "ft_loss: R² = " in text and "forget_loss: R² = " in text
+    assert len(res.noise.sigma) == 2 and "ft_loss: R2, RMSE" in res.report()

@@ -57,9 +57,24 @@ def test_get_unknown_law_names_known_ones():
         laws.get("foo")
 
 
-def test_register_twice_is_an_error():
-    with pytest.raises(LawError, match=r"law 'chinchilla' is already registered"):
-        laws.register(laws.get("chinchilla"))
+def test_registering_a_different_law_under_a_taken_name_is_an_error():
+    other = laws.from_function(lambda N, D, E: E + 0 * N * D, "chinchilla", inputs=["N", "D"])
+    with pytest.raises(LawError, match=r"law 'chinchilla' is already registered with a different definition "
+                                       r"\(differs in function, params"):
+        laws.register(other)
+
+
+def test_registering_the_same_law_again_works():
+    """A re-run notebook cell builds a new function object from the same source."""
+    def cell():
+        def saturating(t, top, k):
+            return top * (1 - np.exp(-k * t))
+        return laws.from_function(saturating, "saturating_rerun", inputs=["t"], register_law=True)
+
+    first, second = cell(), cell()
+    assert first.func is not second.func
+    assert laws.get("saturating_rerun") is second
+    laws.register(laws.get("chinchilla"))  # a built-in law, registered again as it is
 
 
 def test_get_returns_law_objects_unchanged():
@@ -150,3 +165,77 @@ def test_start_grid_is_cartesian_product():
     names, grid = laws.get("chinchilla").start_grid()
     assert names == ("E", "A", "B", "alpha", "beta")
     assert grid.shape == (4500, 5)
+
+
+# ---------------------------------------------------------------- user laws
+
+
+def test_from_function_builds_a_log_spaced_start_grid():
+    def decay(t, A, tau, k):
+        return A * np.exp(-((t / tau) ** k))
+
+    law = laws.from_function(decay, "decay_grid", inputs=["t"], bounds={"tau": (0, None), "k": (0.1, 3)},
+                             linear=["A"])
+    names, grid = law.start_grid()
+    assert names == ("tau", "k") and "A" not in law.grid  # linear parameters are solved, not gridded
+    tau = np.array(law.grid["tau"])
+    assert tau[0] == pytest.approx(1e-3) and tau[-1] == pytest.approx(1e3)
+    np.testing.assert_allclose(np.diff(np.log(tau)), np.log(tau[1] / tau[0]))  # log-spaced
+    assert min(law.grid["k"]) >= 0.1 and max(law.grid["k"]) < 3  # inside the bounds, the top one excluded
+    assert grid.shape[0] <= laws.DEFAULT_GRID_BUDGET
+
+
+def test_default_grid_finds_what_a_single_start_misses():
+    """Before: every parameter started at 1.0, once: an 8x worse objective, reported as converged."""
+    from forgetting_laws.analyse.fit import fit_arrays
+
+    def decay(t, A, tau):
+        return A * np.exp(-t / tau)
+
+    t = np.linspace(0, 2000, 40)
+    law = laws.from_function(decay, "decay_default", inputs=["t"], bounds={"tau": (0, None)}, linear=["A"])
+    res = fit_arrays(law, {"t": t}, 3.0 * np.exp(-t / 300.0), loss="mse", bootstrap=0)
+    assert res.params["tau"] == pytest.approx(300.0, rel=1e-4)
+
+
+def test_a_fit_no_better_than_a_constant_is_flagged():
+    from forgetting_laws.analyse.fit import fit_arrays
+
+    def bump(x, A, mu):
+        return A * np.exp(-((x - mu) ** 2))
+
+    law = laws.from_function(bump, "bump_flat", inputs=["x"], grid={"A": [1.0], "mu": [100.0]})
+    x = np.linspace(0, 10, 30)
+    res = fit_arrays(law, {"x": x}, 2.0 + 0.1 * np.sin(x), loss="mse", bootstrap=0)
+    assert any("the fit is no better than a constant" in w for w in res.warnings)
+
+
+def test_a_scalar_only_function_is_vectorised_with_a_warning():
+    import math
+
+    from forgetting_laws.analyse.fit import fit_arrays
+
+    def scalar_law(x, s, c, alpha):
+        return s + c * x ** (-float(alpha))  # float(): scalars only
+
+    with pytest.warns(UserWarning, match=r"law 'scalar_law' does not take numpy arrays .* evaluated one parameter "
+                                         r"set at a time, which is slow. Write it with numpy operations"):
+        law = laws.from_function(scalar_law, "scalar_law", inputs=["x"], linear=["s", "c"], bounds={"alpha": (0, 3)})
+    x = np.logspace(0, 2, 20)
+    res = fit_arrays(law, {"x": x}, 1 + 2 * x**-0.5, loss="mse", bootstrap=0)
+    assert res.params["alpha"] == pytest.approx(0.5, rel=1e-6)
+
+    def elementwise(x, a):
+        return math.exp(-a * x)  # math.exp: one element at a time
+
+    with pytest.warns(UserWarning, match=r"evaluated one element at a time"):
+        law = laws.from_function(elementwise, "elementwise_law", inputs=["x"], bounds={"a": (0, None)})
+    assert law(x=np.array([0.0, 1.0]), a=1.0) == pytest.approx([1.0, np.exp(-1)])
+
+
+def test_a_function_that_cannot_be_evaluated_is_refused():
+    def needs_strings(x, a):
+        return np.asarray(x, dtype=float) + int("a")  # ValueError whatever the shape
+
+    with pytest.raises(LawError, match=r"law 'needs_strings' cannot be evaluated at its start values .* use np.exp"):
+        laws.from_function(needs_strings, "needs_strings", inputs=["x"])

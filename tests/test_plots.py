@@ -16,11 +16,14 @@ PN = {"P": "trainable_params", "N": "step"}
 
 @pytest.fixture(scope="module")
 def fits(synthetic_runs):
+    from conftest import make_synthetic_runs
+
     df = synthetic_runs
+    six_runs = make_synthetic_runs(ranks=(4, 8, 16, 64, 128, 256))  # enough runs for a cluster bootstrap
     return {
         "il": fit(df[df.step > 0], "inverse_linear", x={"L_ft": "ft_loss"}, y="forget_loss", bootstrap=50),
         "ft": fit(df, "kalajdzievski_ft", x=PN, y="ft_loss", min_step=1, bootstrap=0),
-        "lf": fit(df, "kalajdzievski_forget", x=PN, y="forget_loss", min_step=1, bootstrap=30),
+        "lf": fit(six_runs, "kalajdzievski_forget", x=PN, y="forget_loss", min_step=1, bootstrap=30),
         "hold": fit(df, "kalajdzievski_forget", x=PN, y="forget_loss", min_step=1, bootstrap=0,
                     holdout="rank:largest"),
     }
@@ -32,7 +35,9 @@ def test_forgetting_vs_ft(synthetic_runs, fits):
     scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert len(scatters) == df["rank"].nunique()
     assert sum(len(c.get_offsets()) for c in scatters) == len(df)
-    assert any(isinstance(c, PolyCollection) for c in ax.collections), "CI band missing"
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2, "the prediction interval and the band of the mean line"
+    assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"95% prediction interval", "95% band of the mean"}
     assert len(ax.lines) == 1 and "L_{ft}" in ax.get_xlabel() and "L_f" in ax.get_ylabel()
     assert any("R^2" in t.get_text() for t in ax.texts)
     plt.close("all")

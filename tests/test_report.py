@@ -10,9 +10,12 @@ from forgetting_laws.analyse.standard import FIGURES, STANDARD_FITS
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory, synthetic_runs):
+def runs_dir(tmp_path_factory):
+    from conftest import make_synthetic_runs
+
     out = tmp_path_factory.mktemp("runs")
-    df = synthetic_runs.copy()  # with lm_eval probe columns, so every figure is drawn
+    # six runs (enough for a cluster bootstrap) with lm_eval probe columns, so every figure is drawn
+    df = make_synthetic_runs(ranks=(4, 8, 16, 64, 128, 256))
     df["lmeval_fl_arc_mini_acc"] = 0.6 - 0.1 * df["forget_loss"]
     df["lmeval_fl_arc_mini_agree"] = 1.2 - 0.5 * df["forget_loss"]
     df["refusal_rate"] = 0.5
@@ -36,7 +39,7 @@ def test_report_cli_is_self_contained(runs_dir, tmp_path, capsys):
     assert "src='http" not in text and 'src="http' not in text
     for name in STANDARD_FITS:
         assert f"<h3>{name}</h3>" in text
-    assert len(re.findall(r"R² = \d\.\d{3}: the law", text)) == len(STANDARD_FITS)
+    assert len(re.findall(r"<p class='verdict'>R² = \d\.\d{3}: the law", text)) == len(STANDARD_FITS)
     assert "r256" in text  # the runs table
 
 

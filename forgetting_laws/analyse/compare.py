@@ -21,8 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from .fit import FitDataError, FitResult, fit
+from ..errors import FitDataError
+from .fit import fit
+from .policy import DEFAULT_POLICY, AnalysisPolicy
+from .result import FitResult
 
 __all__ = ["compare", "Comparison", "forget_at", "matched_levels"]
 
@@ -35,10 +39,11 @@ class Comparison:
     ----------
     matched : DataFrame
         One row per (method, ft_loss level): ``forget_loss`` (mean over runs), ``lo``, ``hi``
-        (bootstrap CI), ``n_runs`` (runs that reached the level).
+        (interval of the mean: bootstrap over runs with enough runs, else Student t; ``interval``
+        says which), ``n_runs`` (runs that reached the level).
     laws : DataFrame
-        One row per method: ``s``, ``c`` and their CI bounds, ``r2``, ``n_runs`` (NaN when the
-        fit was not possible; see ``notes``).
+        One row per method: ``s``, ``c`` and their interval bounds, ``r2``, ``n_runs``, the
+        interval method (NaN when the fit was not possible; see ``notes``).
     compute : DataFrame
         One row per method: runs, final steps, tokens and wall seconds (summed over runs) and
         wall seconds per step.
@@ -57,9 +62,10 @@ class Comparison:
     def report(self) -> str:
         """A plain-text summary of the three tables."""
         pct = f"{self.ci_level:.0%}"
-        parts = [f"forgetting at matched fine-tuning loss (mean over runs, {pct} bootstrap CI):",
+        parts = [f"forgetting at matched fine-tuning loss (mean over runs; {pct} interval of the mean, "
+                 "column interval: bootstrap over runs, or Student t with too few runs for a bootstrap):",
                  self.matched.to_string(index=False, float_format="%.4f"),
-                 f"\ninverse-linear law L_f = s - c L_ft per method ({pct} CI):",
+                 f"\ninverse-linear law L_f = s - c L_ft per method ({pct} intervals):",
                  self.laws.to_string(index=False, float_format="%.4f"),
                  "\ncompute per method:", self.compute.to_string(index=False, float_format="%.4g")]
         return "\n".join(parts + [f"note: {n}" for n in self.notes])
@@ -102,35 +108,38 @@ def matched_levels(df: pd.DataFrame, n: int = 8) -> np.ndarray:
     return np.linspace(lo, hi, n + 1)[:-1]
 
 
-def _bootstrap_mean(values: np.ndarray, n: int, rng: np.random.Generator, level: float) -> tuple[float, float]:
-    if values.size < 2 or n == 0:
-        return (np.nan, np.nan)
-    means = rng.choice(values, size=(n, values.size), replace=True).mean(axis=1)
-    a = (1 - level) / 2
-    return tuple(np.quantile(means, [a, 1 - a]))
+def _mean_interval(values: np.ndarray, policy: AnalysisPolicy, rng: np.random.Generator) -> tuple[float, float, str]:
+    """Interval for the mean over runs: bootstrap percentiles with at least ``policy.min_clusters``
+    runs, a Student-t interval with fewer (2 or more), none below 2."""
+    a = (1 - policy.ci_level) / 2
+    if values.size >= policy.min_clusters and policy.bootstrap:
+        means = rng.choice(values, size=(policy.bootstrap, values.size), replace=True).mean(axis=1)
+        return (*np.quantile(means, [a, 1 - a]), "bootstrap")
+    if values.size >= 2:
+        half = stats.t.ppf(1 - a, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+        return values.mean() - half, values.mean() + half, "t"
+    return np.nan, np.nan, "none"
 
 
-def _matched(df: pd.DataFrame, levels: np.ndarray, bootstrap: int, seed: int, level: float) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
+def _matched(df: pd.DataFrame, levels: np.ndarray, policy: AnalysisPolicy) -> pd.DataFrame:
+    rng = np.random.default_rng(policy.seed)
     rows = []
     for method, g in df.groupby("method", sort=True):
         at = np.array([forget_at(run, levels) for _, run in g.groupby("run_id")])  # (runs, levels)
         for k, lev in enumerate(levels):
             v = at[:, k][~np.isnan(at[:, k])]
-            lo, hi = _bootstrap_mean(v, bootstrap, rng, level)
+            lo, hi, how = _mean_interval(v, policy, rng)
             rows.append({"method": method, "ft_loss": lev, "forget_loss": v.mean() if v.size else np.nan,
-                         "lo": lo, "hi": hi, "n_runs": v.size})
+                         "lo": lo, "hi": hi, "interval": how, "n_runs": v.size})
     return pd.DataFrame(rows)
 
 
-def _laws(df: pd.DataFrame, bootstrap: int, min_step: int, seed: int, level: float,
-          notes: list[str]) -> tuple[pd.DataFrame, dict[str, FitResult]]:
+def _laws(df: pd.DataFrame, policy: AnalysisPolicy, notes: list[str]) -> tuple[pd.DataFrame, dict[str, FitResult]]:
     rows, fits = [], {}
     for method, g in df.groupby("method", sort=True):
         row = {"method": method, "n_runs": g.run_id.nunique()}
         try:
-            res = fit(g, "inverse_linear", x={"L_ft": "ft_loss"}, y="forget_loss", bootstrap=bootstrap,
-                      min_step=min_step, seed=seed, ci_level=level)
+            res = fit(g, "inverse_linear", x={"L_ft": "ft_loss"}, y="forget_loss", policy=policy)
         except FitDataError as exc:
             notes.append(f"{method}: no inverse-linear fit ({exc})")
             rows.append({**row, "s": np.nan, "c": np.nan, "r2": np.nan})
@@ -138,7 +147,7 @@ def _laws(df: pd.DataFrame, bootstrap: int, min_step: int, seed: int, level: flo
         fits[method] = res
         for p in ("s", "c"):
             row.update({p: res.params[p], f"{p}_lo": res.ci[p][0], f"{p}_hi": res.ci[p][1]})
-        rows.append({**row, "r2": res.metrics.get("r2", np.nan)})
+        rows.append({**row, "r2": res.metrics.get("r2", np.nan), "intervals": res.interval_method})
     return pd.DataFrame(rows), fits
 
 
@@ -150,34 +159,30 @@ def _compute(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def compare(df: pd.DataFrame, levels: Sequence[float] | None = None, n_levels: int = 8,
-            bootstrap: int = 200, fit_bootstrap: int | None = None, min_step: int = 1,
-            seed: int = 0, ci_level: float = 0.95) -> Comparison:
+def compare(df: pd.DataFrame, policy: AnalysisPolicy | None = None, levels: Sequence[float] | None = None,
+            n_levels: int = 8, **overrides: Any) -> Comparison:
     """Compare the methods of a runs table (one ``method`` value per method).
 
     Parameters
     ----------
     df : DataFrame
         Runs as :func:`forgetting_laws.load_runs` returns them.
+    policy : AnalysisPolicy, optional
+        The analysis policy (default :data:`~forgetting_laws.analyse.policy.DEFAULT_POLICY`;
+        ``overrides``: its fields): ``bootstrap`` resamples of the runs for the
+        matched-forgetting intervals (and the law fits' bootstrap), ``min_step`` (probes before
+        it are left out of the law fits; the trajectories keep them), ``seed``, ``ci_level``.
     levels : sequence of float, optional
         ft_loss levels to match at; default :func:`matched_levels` with ``n_levels``.
-    bootstrap : int
-        Resamples of the runs for the matched-forgetting CIs.
-    fit_bootstrap : int, optional
-        Bootstrap refits of each method's inverse-linear law (default: ``bootstrap``).
-    min_step : int
-        Probes before this step are left out of the law fits (the trajectories keep them).
-    seed, ci_level
-        Seed and level of both bootstraps.
 
     Returns
     -------
     Comparison
     """
+    policy = (policy or DEFAULT_POLICY).updated(**overrides)
     if "method" not in df or df.empty:
         raise FitDataError("compare needs a runs table with a 'method' column and at least one row")
     levels = matched_levels(df, n_levels) if levels is None else np.asarray(levels, float)
     notes: list[str] = []
-    laws, fits = _laws(df, bootstrap if fit_bootstrap is None else fit_bootstrap, min_step, seed, ci_level, notes)
-    return Comparison(_matched(df, levels, bootstrap, seed, ci_level), laws, _compute(df), fits,
-                      ci_level, notes, runs=df)
+    laws, fits = _laws(df, policy, notes)
+    return Comparison(_matched(df, levels, policy), laws, _compute(df), fits, policy.ci_level, notes, runs=df)

@@ -1,4 +1,4 @@
-"""Numerical core of the fitter: objectives, start grids, refinement, bootstrap.
+"""Numerical core of the fitter: objectives, input scaling, start grids, refinement, bootstrap.
 
 Shapes: ``n`` data rows, ``m = n_outputs * n`` fitted values (outputs stacked
 output-major), ``p`` parameters, ``B`` parameter sets evaluated at once.
@@ -9,37 +9,51 @@ Which trick serves which objective:
   by (weighted, bound-respecting) least squares inside the residual function,
   so the search runs only over the nonlinear ones, with a bounded trust-region
   Gauss-Newton (``scipy.optimize.least_squares``) and Kaufman's analytic
-  variable-projection Jacobian.
+  variable-projection Jacobian. Starts that differ only in linear parameters
+  are one start.
 * ``mse_log``: the log residual is not linear in any parameter; the same
   trust-region method runs over all parameters (positive ones in log space)
   with the law's analytic Jacobian.
 * ``huber_log``: not a sum of squares; L-BFGS-B over all parameters, positive
   ones in log space (for ``chinchilla`` this is the log-sum-exp
-  parametrisation ``a = log A, b = log B, e = log E``), with the law's
-  analytic gradient. Linear parameters missing from the start grid are
-  initialised by weighted least squares.
+  parametrisation ``a = log A, b = log B, e = log E``), each scaled by the size
+  of its effect on the residuals, with the law's analytic gradient. Linear
+  parameters missing from the start grid are initialised by weighted least
+  squares.
+
+Scale-free: a law that says how a rescaling of its inputs maps its parameters
+(``Law.rescale``) is fitted on inputs divided by their geometric mean
+(:class:`InputScaling`), so FLOPs or units of 1e16 give the same optimum.
 
 Laws without an analytic gradient get batched central differences. Gauge
 parameters (a symmetry makes them redundant) are held at their start value.
 In every case the whole start grid is scored in one vectorised pass (linear
-parameters solved per start for ``mse``) and only the best starts are refined.
+parameters solved per start for ``mse``), the best starts are refined briefly
+and the best optima polished; the best one counts as converged when a restart
+from its end point no longer lowers the objective.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear, minimize
+from scipy.optimize import least_squares, lsq_linear, minimize, nnls
+from threadpoolctl import threadpool_limits
 
-from .._blas import single_threaded_blas
 from .laws import Law
+from .policy import LOSSES
 
-LOSSES = ("huber_log", "mse", "mse_log")
+__all__ = ["LOSSES", "Problem", "InputScaling", "Solution", "Budget", "multistart", "refine", "polish",
+           "bootstrap", "group_weights", "distinct", "grid_starts", "score_starts"]
+
 _BIG = 1e30
+_LOG_LIMIT = 650.0  # |log| of a log-scale parameter in the engine: rescaled to the user's units it stays finite
 _CHUNK = 4_000_000  # max floats per batched evaluation
+#: A restart that lowers the objective by less than this (relative) changes nothing a fit reports.
+CONVERGED_RTOL = 1e-6
 
 
 @dataclass
@@ -60,17 +74,17 @@ class Problem:
         law = self.law
         self.w = np.ones_like(self.y) if self.w is None else self.w
         self.is_log = np.array([p in law.log_params for p in law.params], dtype=bool)
-        lo = np.array([law.bound(p)[0] for p in law.params])
-        hi = np.array([law.bound(p)[1] for p in law.params])
-        with np.errstate(divide="ignore"):
-            self.ulo = np.where(self.is_log, np.log(np.maximum(lo, 0.0)), lo)
-            self.uhi = np.where(self.is_log, np.log(hi), hi)
+        self.lo = np.array([law.bound(p)[0] for p in law.params])
+        self.hi = np.array([law.bound(p)[1] for p in law.params])
+        with np.errstate(divide="ignore"):  # log parameters stay within 1e-282..1e282: finite in any units
+            self.ulo = np.where(self.is_log, np.maximum(np.log(np.maximum(self.lo, 0.0)), -_LOG_LIMIT), self.lo)
+            self.uhi = np.where(self.is_log, np.minimum(np.log(self.hi), _LOG_LIMIT), self.hi)
         self.lin = np.array([p in law.linear for p in law.params], dtype=bool)
         self.gauge = np.array([p in law.gauge for p in law.params], dtype=bool)
-
-    def ubounds(self, u0: np.ndarray) -> list[tuple[float, float]]:
-        """L-BFGS-B bounds on u; gauge parameters are pinned at ``u0``."""
-        return list(zip(np.where(self.gauge, u0, self.ulo), np.where(self.gauge, u0, self.uhi)))
+        self._log_idx = np.flatnonzero(self.is_log)
+        self._partial = bool((self.w == 0).any())  # a resample that leaves rows out
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._log_y = np.log(self.y)
 
     @property
     def uses_varpro(self) -> bool:
@@ -80,13 +94,20 @@ class Problem:
     def log_resid(self) -> bool:
         return self.loss in ("huber_log", "mse_log")
 
+    @property
+    def n_free(self) -> int:
+        """Parameters the optimiser moves (gauge parameters are held)."""
+        return int((~self.gauge).sum())
+
     def with_weights(self, w: np.ndarray) -> Problem:
         return Problem(self.law, self.X, self.y, self.loss, self.delta, w)
 
     # ------------------------------------------------------------ transforms
     def to_theta(self, u: np.ndarray) -> np.ndarray:
+        theta = np.array(u, dtype=float)
         with np.errstate(over="ignore"):  # a far-off start may overflow to inf: scored as _BIG
-            return np.where(self.is_log, np.exp(np.where(self.is_log, u, 0.0)), u)
+            theta[..., self._log_idx] = np.exp(theta[..., self._log_idx])
+        return theta
 
     def to_u(self, theta: np.ndarray) -> np.ndarray:
         safe = np.where(self.is_log, np.maximum(theta, 1e-300), 1.0)
@@ -104,16 +125,18 @@ class Problem:
         return np.array([self.evaluate_one(t) for t in theta])  # law does not broadcast
 
     def evaluate_one(self, theta: np.ndarray) -> np.ndarray:
-        kw = {p: float(v) for p, v in zip(self.law.params, theta)}
+        kw = dict(zip(self.law.params, theta.tolist()))
         with np.errstate(all="ignore"):
             out = np.asarray(self.law.func(**self.X, **kw), dtype=float)
+        if out.size == self.y.size:
+            return out.ravel()
         return np.broadcast_to(out, (self.law.n_outputs, self.y.size // self.law.n_outputs)).ravel()
 
     def jac_u(self, theta: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
         """d prediction / d u for the parameters ``idx``: (q, m)."""
         idx = np.arange(theta.size) if idx is None else idx
         if self.law.grad is not None:
-            kw = {p: float(v) for p, v in zip(self.law.params, theta)}
+            kw = dict(zip(self.law.params, theta.tolist()))
             with np.errstate(all="ignore"):
                 g = np.asarray(self.law.grad(**self.X, **kw), dtype=float).reshape(theta.size, -1)
             g = g * np.where(self.is_log, theta, 1.0)[:, None]  # chain rule: d theta / d u
@@ -126,13 +149,20 @@ class Problem:
         F = self.evaluate(self.to_theta(U))
         return (F[: idx.size] - F[idx.size:]) / (2 * h[:, None])
 
+    def resid_jac(self, theta: np.ndarray) -> np.ndarray:
+        """d residual / d u on the objective's scale (log residuals divide by the prediction): (p, m)."""
+        J = self.jac_u(theta)
+        if self.log_resid:
+            J = J / self.evaluate_one(theta)
+        return np.where(np.isfinite(J), J, 0.0)
+
     # ------------------------------------------------------------ losses
     def residuals(self, pred: np.ndarray) -> np.ndarray:
         """Residuals in the objective's scale (log or linear), same shape as ``pred``."""
         if not self.log_resid:
             return pred - self.y
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.log(pred) - np.log(self.y)
+            r = np.log(pred) - self._log_y
         return np.where(pred > 0, r, np.inf)
 
     def loss_terms(self, r: np.ndarray) -> np.ndarray:
@@ -143,7 +173,8 @@ class Problem:
 
     def objective_values(self, pred: np.ndarray) -> np.ndarray:
         """Objective for each row of ``pred`` (B, m) -> (B,)."""
-        terms = self.loss_terms(self.residuals(pred)) @ self.w
+        with np.errstate(invalid="ignore"):  # inf * 0 where a resample leaves a point out
+            terms = np.where(self.w > 0, self.loss_terms(self.residuals(pred)), 0.0) @ self.w
         if self.loss != "huber_log":
             terms = terms / self.w.sum()
         return np.where(np.isfinite(terms), terms, _BIG)
@@ -156,17 +187,20 @@ class Problem:
 
     # ------------------------------------------------------------ full-space objective
     def full_objective(self, u: np.ndarray) -> tuple[float, np.ndarray]:
-        theta = self.to_theta(u)
-        pred = self.evaluate_one(theta)
-        r = self.residuals(pred)
-        if not np.all(np.isfinite(r)):
-            return _BIG, np.zeros_like(u)
-        dpred = self.psi(r) / pred if self.log_resid else self.psi(r)
+        """Objective and its gradient in u; ``_BIG`` and a zero gradient where either is not finite."""
         with np.errstate(all="ignore"):
+            theta = self.to_theta(u)
+            pred = self.evaluate_one(theta)
+            r = self.residuals(pred)
+            if self._partial:
+                r = np.where(self.w > 0, r, 0.0)
+            if not np.isfinite(r).all():
+                return _BIG, np.zeros_like(u)
+            dpred = self.psi(r) / pred if self.log_resid else self.psi(r)
             grad = self.jac_u(theta) @ dpred
-        if not np.all(np.isfinite(grad)):
-            return _BIG, np.zeros_like(u)
-        return float(self.loss_terms(r) @ self.w) / self._norm(), grad
+            if not np.isfinite(grad).all():
+                return _BIG, np.zeros_like(u)
+            return float(self.loss_terms(r) @ self.w) / self._norm(), grad
 
     def _norm(self) -> float:
         return 1.0 if self.loss == "huber_log" else float(self.w.sum())
@@ -193,28 +227,91 @@ class Problem:
         beta = np.linalg.solve(A + ridge + 1e-300 * np.eye(A.shape[1]), rhs[..., None])[..., 0]
         beta[bad] = np.nan  # scored as _BIG
         out = theta.copy()
-        out[:, self.lin] = beta
+        out[:, self.lin] = np.clip(beta, self.lo[self.lin], self.hi[self.lin])
+        out[bad] = np.nan
         return out
 
     def solve_linear(self, theta: np.ndarray) -> np.ndarray:
         """Bound-respecting weighted least-squares linear parameters at one ``theta`` (p,)."""
         return self.solve_linear_pred(theta)[0]
 
-    def solve_linear_pred(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`solve_linear`, also returning the prediction (m,)."""
+    def solve_linear_pred(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`solve_linear`; also the prediction (m,), which linear parameters are free of
+        their bounds (k,) and the linear basis (k, m)."""
         f0, phi = self.basis(theta[None])
         sw = np.sqrt(self.w)
         A, b = (phi[0] * sw).T, (self.y - f0[0]) * sw
+        lo, hi = self.lo[self.lin], self.hi[self.lin]
         if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):  # a far-off nonlinear point
-            return theta.copy(), np.full(self.y.shape, np.inf)
+            return theta.copy(), np.full(self.y.shape, np.inf), np.ones(lo.size, dtype=bool), phi[0]
         beta = np.linalg.lstsq(A, b, rcond=None)[0]
-        lo = np.array([self.law.bound(p)[0] for p in self.law.params])[self.lin]
-        hi = np.array([self.law.bound(p)[1] for p in self.law.params])[self.lin]
+        free = np.ones(lo.size, dtype=bool)
         if np.any(beta < lo) or np.any(beta > hi):
-            beta = lsq_linear(A, b, bounds=(lo, hi)).x
+            beta = bounded_lstsq(A, b, lo, hi)
+            with np.errstate(invalid="ignore"):  # inf bounds: never active
+                free = ~np.isclose(beta, lo, rtol=1e-12, atol=1e-300) & ~np.isclose(beta, hi, rtol=1e-12, atol=1e-300)
         out = theta.copy()
         out[self.lin] = beta
-        return out, f0[0] + beta @ phi[0]
+        return out, f0[0] + beta @ phi[0], free, phi[0]
+
+
+def bounded_lstsq(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """argmin ||A x - b|| with lo <= x <= hi. Bounds of 0 or -inf below and +inf above (the usual
+    case: non-negative scales) go to scipy's NNLS, an unbounded column as a difference of two
+    non-negative ones; other bounds to ``lsq_linear``."""
+    if np.all(np.isinf(hi)) and np.all((lo == 0) | np.isneginf(lo)):
+        free = np.isneginf(lo)
+        x = nnls(np.hstack([A, -A[:, free]]), b)[0]
+        out = x[: A.shape[1]]
+        out[free] -= x[A.shape[1]:]
+        return out
+    return lsq_linear(A, b, bounds=(lo, hi)).x
+
+
+# ---------------------------------------------------------------- input scaling
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """Divide each positive input by its geometric mean inside the engine.
+
+    The law's ``rescale`` maps parameters between the user's units and the engine's:
+    :math:`f(x / k; \\theta_e) = f(x; \\theta)`. Without ``rescale`` the factors are all 1.
+    """
+
+    law: Law
+    factors: dict[str, float]
+
+    @classmethod
+    def of(cls, law: Law, X: Mapping[str, np.ndarray]) -> InputScaling:
+        if law.rescale is None:
+            return cls(law, {i: 1.0 for i in law.inputs})
+        k = {i: float(np.exp(np.mean(np.log(X[i])))) if i in law.positive_inputs else 1.0 for i in law.inputs}
+        return cls(law, k)
+
+    @property
+    def identity(self) -> bool:
+        return all(v == 1.0 for v in self.factors.values())
+
+    def inputs(self, X: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {i: np.asarray(X[i], dtype=float) / self.factors.get(i, 1.0) for i in X}
+
+    def to_engine(self, theta: np.ndarray) -> np.ndarray:
+        """User parameters (B, p) or (p,) -> engine parameters."""
+        return self._map(theta, self.factors)
+
+    def to_user(self, theta: np.ndarray) -> np.ndarray:
+        """Engine parameters (B, p) or (p,) -> user parameters."""
+        return self._map(theta, {i: 1.0 / v for i, v in self.factors.items()})
+
+    def _map(self, theta: np.ndarray, k: Mapping[str, float]) -> np.ndarray:
+        if self.identity:
+            return np.array(theta, dtype=float)
+        theta = np.asarray(theta, dtype=float)
+        names = self.law.params
+        with np.errstate(all="ignore"):
+            out = self.law.rescale(k, **{p: theta[..., j] for j, p in enumerate(names)})
+        return np.stack([np.broadcast_to(out[p], theta.shape[:-1]) for p in names], axis=-1)
 
 
 # ---------------------------------------------------------------- starts
@@ -229,23 +326,27 @@ def _default_start(law: Law, p: str) -> float:
     return hi - 1.0 if np.isfinite(hi) else 1.0
 
 
-def grid_starts(prob: Problem) -> np.ndarray:
-    """The law's start grid as full parameter vectors (G, p); missing linear params solved."""
+def grid_starts(prob: Problem, scaling: InputScaling | None = None) -> np.ndarray:
+    """The law's start grid as full engine parameter vectors (G, p); missing linear params solved.
+
+    For ``mse`` the linear parameters are solved at every start anyway, so starts that differ
+    only in them are kept once.
+    """
     law = prob.law
-    gnames, G = law.start_grid()
+    gnames, G = law.start_grid(skip=law.linear if prob.uses_varpro else ())
     theta = np.array([[_default_start(law, p) for p in law.params]] * G.shape[0])
     for j, p in enumerate(gnames):
         theta[:, law.params.index(p)] = G[:, j]
+    if scaling is not None:
+        theta = scaling.to_engine(theta)
     missing_lin = prob.lin & ~np.isin(law.params, gnames)
-    if missing_lin.any():
+    if missing_lin.any() and not prob.uses_varpro:
         # relative weights for log objectives: minimising (pred - y)^2 / y^2 approximates them
         w = prob.w / prob.y**2 if prob.log_resid else prob.w
         solved = _chunked(prob, theta, lambda t: prob.solve_linear_batch(t, w))
         theta[:, missing_lin] = np.nan_to_num(solved[:, missing_lin], nan=1.0)
-    lo = np.array([law.bound(p)[0] for p in law.params])
-    hi = np.array([law.bound(p)[1] for p in law.params])
     tiny = np.where(prob.is_log, 1e-12, 0.0)
-    return np.clip(theta, np.maximum(lo, tiny), hi)
+    return np.clip(theta, np.maximum(prob.lo, tiny), prob.hi)
 
 
 def _chunked(prob: Problem, theta: np.ndarray, fn) -> np.ndarray:
@@ -266,6 +367,22 @@ def score_starts(prob: Problem, theta: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- refinement
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Iteration limit and tolerance of one local refinement."""
+
+    maxiter: int
+    tol: float
+
+
+SEARCH = Budget(250, 1e-9)  # every refined start (L-BFGS-B, then polished)
+SEARCH_LSQ = Budget(250, 1e-12)  # every refined start (trust region: converges fast near an optimum)
+POLISH = Budget(2000, 1e-13)  # the best optima
+CHECK = Budget(300, 1e-13)  # a restart from a polished optimum: does it still go down?
+RESAMPLE = Budget(300, 1e-8)  # bootstrap refits: each draw needs the optimum to a few digits
+TRIAL = Budget(20, 1e-6)  # a fresh start of a bootstrap refit, before it earns the full budget
+
+
 @dataclass
 class Solution:
     theta: np.ndarray
@@ -273,10 +390,10 @@ class Solution:
     start: int  # index into the start list
     nit: int
     converged: bool
+    restart_gain: float = float("nan")  # objective drop of the last restart (converged when tiny)
 
 
-def refine(prob: Problem, theta0: np.ndarray, start: int = -1, maxiter: int = 3000,
-           tol: float = 1e-12) -> Solution:
+def refine(prob: Problem, theta0: np.ndarray, start: int = -1, budget: Budget = SEARCH) -> Solution:
     """Local optimisation from one start.
 
     Squared losses use a bounded trust-region Gauss-Newton (``least_squares``),
@@ -287,16 +404,41 @@ def refine(prob: Problem, theta0: np.ndarray, start: int = -1, maxiter: int = 30
         theta = prob.solve_linear(theta0)
         return Solution(theta, float(prob.objective_values(prob.evaluate(theta))[0]), start, 0, True)
     if prob.loss in ("mse", "mse_log"):
-        return _refine_lsq(prob, theta0, start, maxiter, tol)
+        return _refine_lsq(prob, theta0, start, budget)
+    return _refine_lbfgs(prob, theta0, start, budget)
+
+
+def _step_scales(prob: Problem, theta: np.ndarray) -> np.ndarray:
+    """Per-parameter scale d (p,) such that a unit step of u / d moves the residuals by about one
+    unit of their own size: d_j = 1 / ||d r / d u_j||, so parameters of any units move alike."""
+    norms = np.linalg.norm(prob.resid_jac(theta) * np.sqrt(prob.w), axis=1)
+    floor = 1e-3 * norms.max() if np.isfinite(norms).all() and norms.max() > 0 else 1.0
+    return 1.0 / np.maximum(norms, floor)
+
+
+def _refine_lbfgs(prob: Problem, theta0: np.ndarray, start: int, budget: Budget) -> Solution:
     u0 = np.clip(prob.to_u(theta0), prob.ulo, prob.uhi)
-    res = minimize(prob.full_objective, u0, jac=True, method="L-BFGS-B", bounds=prob.ubounds(u0),
-                   options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20})
-    theta = prob.to_theta(res.x)
+    d = _step_scales(prob, prob.to_theta(u0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zlo = np.where(prob.gauge, 0.0, (prob.ulo - u0) / d)
+        zhi = np.where(prob.gauge, 0.0, (prob.uhi - u0) / d)
+
+    f0 = prob.full_objective(u0)[0]
+    norm = f0 if 0 < f0 < _BIG else 1.0  # tolerances relative to the objective's size
+
+    def objective(z: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = prob.full_objective(u0 + d * z)
+        return value / norm, grad * d / norm
+
+    res = minimize(objective, np.zeros_like(u0), jac=True, method="L-BFGS-B", bounds=list(zip(zlo, zhi)),
+                   options={"maxiter": budget.maxiter, "ftol": budget.tol, "gtol": budget.tol * 1e-2,
+                            "maxcor": 20})
+    theta = prob.to_theta(np.clip(u0 + d * res.x, prob.ulo, prob.uhi))
     value = float(prob.objective_values(prob.evaluate(theta))[0])
-    return Solution(theta, value, start, int(res.nit), bool(res.success) and value < _BIG)
+    return Solution(theta, value, start, int(res.nit), res.status != 1 and value < _BIG)
 
 
-def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, maxiter: int, tol: float) -> Solution:
+def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, budget: Budget) -> Solution:
     """Trust-region least squares over the free parameters (nonlinear ones only for ``mse``)."""
     varpro = prob.uses_varpro
     free = ~prob.gauge & (~prob.lin if varpro else True)
@@ -306,26 +448,29 @@ def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, maxiter: int, tol
     x0 = np.clip(u_all[free], np.nextafter(lo, np.inf), np.nextafter(hi, -np.inf))
     sw = np.sqrt(prob.w)
 
-    def theta_pred(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        u = u_all.copy()
-        u[free] = v
-        theta = prob.to_theta(u)
-        if varpro:
-            theta[prob.lin] = theta0[prob.lin]
-            return prob.solve_linear_pred(theta)
-        return theta, prob.evaluate_one(theta)
+    memo: dict[bytes, tuple] = {}
+
+    def solved(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        key = v.tobytes()  # least_squares asks for the residuals, then the Jacobian, at one point
+        if key not in memo:
+            u = u_all.copy()
+            u[free] = v
+            theta = prob.to_theta(u)
+            memo.clear()
+            memo[key] = prob.solve_linear_pred(theta) if varpro else (theta, prob.evaluate_one(theta), None, None)
+        return memo[key]
 
     def resid(v: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):  # inf * 0 where a resample leaves a point out
-            r = prob.residuals(theta_pred(v)[1]) * sw
+            r = prob.residuals(solved(v)[1]) * sw
         return np.where(np.isfinite(r), r, 1e10)
 
     def jac(v: np.ndarray) -> np.ndarray:
-        theta, pred = theta_pred(v)
+        theta, pred, lin_free, basis = solved(v)
         J = prob.jac_u(theta, np.flatnonzero(free))  # (q, m)
         J = np.where(np.isfinite(J), J / pred if prob.log_resid else J, 0.0).T * sw[:, None]  # (m, q)
-        if varpro:  # Kaufman's variable-projection Jacobian: project out the linear basis
-            phi = prob.basis(theta[None])[1][0].T * sw[:, None]  # (m, k)
+        if varpro and lin_free.any():  # Kaufman: project out the basis of the free linear parameters
+            phi = basis[lin_free].T * sw[:, None]  # (m, k)
             if not np.all(np.isfinite(phi)):
                 return np.zeros_like(J)
             Q = np.linalg.qr(phi)[0]
@@ -333,19 +478,51 @@ def _refine_lsq(prob: Problem, theta0: np.ndarray, start: int, maxiter: int, tol
         return J
 
     res = least_squares(resid, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac",
-                        ftol=tol, xtol=tol, gtol=tol, max_nfev=maxiter)
-    theta = theta_pred(res.x)[0]
+                        ftol=budget.tol, xtol=budget.tol, gtol=budget.tol, max_nfev=budget.maxiter)
+    theta = solved(res.x)[0]
     value = float(prob.objective_values(prob.evaluate(theta))[0])
     return Solution(theta, value, start, int(res.nfev), res.status > 0 and value < _BIG)
 
 
-def multistart(prob: Problem, n_refine: int = 16) -> tuple[list[Solution], np.ndarray]:
-    """Score the grid, refine the best ``n_refine`` starts; solutions sorted by objective."""
-    starts = grid_starts(prob)
-    scores = score_starts(prob, starts)
-    order = np.argsort(scores, kind="stable")[:n_refine]
-    sols = [refine(prob, starts[i], int(i)) for i in order]
+def polish(prob: Problem, sol: Solution, restarts: int = 2) -> Solution:
+    """Refine ``sol`` to full precision, then restart from its end point until a restart no longer
+    lowers the objective by more than ``CONVERGED_RTOL`` (relative): then it has converged. A
+    solution still improving after ``restarts`` restarts is returned with ``converged=False``."""
+    best, nit = sol, sol.nit
+    if prob.loss == "huber_log":  # the trust-region searches of the squared losses ran at full precision
+        new = refine(prob, sol.theta, sol.start, POLISH)
+        best, nit = (new if new.value <= sol.value else sol), nit + new.nit
+    for _ in range(restarts + 1):
+        new = refine(prob, best.theta, best.start, CHECK)
+        nit += new.nit
+        gain = best.value - new.value
+        if new.value < best.value:
+            best = new
+        if gain <= CONVERGED_RTOL * abs(best.value) and best.value < _BIG:
+            return replace(best, nit=nit, converged=True, restart_gain=max(gain, 0.0))
+    return replace(best, nit=nit, converged=False, restart_gain=gain)
+
+
+def multistart(prob: Problem, scaling: InputScaling | None = None, n_refine: int = 16, n_polish: int = 2,
+               n_agree: int = 3) -> tuple[list[Solution], np.ndarray]:
+    """Score the grid and refine the best starts in order, up to ``n_refine`` of them, stopping once
+    ``n_agree`` refined starts reach the best objective so far (within ``CONVERGED_RTOL``); then
+    polish the best ``n_polish`` distinct optima. Solutions sorted by objective, the first one
+    polished; also returns the starts."""
+    starts = grid_starts(prob, scaling)
+    order = np.argsort(score_starts(prob, starts), kind="stable")[:n_refine]
+    sols: list[Solution] = []
+    search = SEARCH if prob.loss == "huber_log" else SEARCH_LSQ
+    for i in order:
+        sols.append(refine(prob, starts[i], int(i), search))
+        best = min(s.value for s in sols)
+        if sum(s.value <= best * (1 + CONVERGED_RTOL) for s in sols) >= n_agree:
+            break
     sols.sort(key=lambda s: s.value)
+    polished = [polish(prob, s) for s in distinct(sols, n_polish)]
+    sols = sorted(polished + [s for s in sols if not any(s is p for p in polished)], key=lambda s: s.value)
+    if not any(sols[0] is p for p in polished):
+        sols[0] = polish(prob, sols[0])
     return sols, starts
 
 
@@ -371,31 +548,58 @@ def group_weights(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return counts[inv].astype(float)
 
 
-def bootstrap(prob: Problem, starts: list[np.ndarray], groups: np.ndarray, n_boot: int,
-              seed: int = 0, n_jobs: int = 1) -> np.ndarray:
-    """Refit on ``n_boot`` group resamples, warm-started from ``starts``; draws (n_boot, p).
+def bootstrap(prob: Problem, warm: list[np.ndarray], fresh: np.ndarray, groups: np.ndarray, n_boot: int,
+              seed: int = 0, n_jobs: int = 1, n_fresh: int = 2) -> np.ndarray:
+    """Refit on ``n_boot`` group resamples; engine parameter draws (n_boot, p).
 
-    Resample ``i`` draws from its own child of ``SeedSequence(seed)``, so the
-    draws do not depend on ``n_jobs``. With ``n_jobs > 1`` the resamples are
-    split over a process pool (the law must then be picklable: a module-level
-    function, not a lambda).
+    Each refit starts from the ``warm`` optima of the full data and from the ``n_fresh`` best of
+    the ``fresh`` grid starts, scored on the resample: a warm start stuck at a bound (E = 0, a
+    log parameter whose gradient vanishes there) cannot trap every refit.
+
+    Resample ``i`` draws from its own child of ``SeedSequence(seed)``, so the draws do not
+    depend on ``n_jobs``. With ``n_jobs > 1`` the resamples are split over a process pool (the
+    law must then be picklable: a module-level function, not a lambda).
     """
     children = np.random.SeedSequence(seed).spawn(n_boot)
+    args = (prob, warm, fresh, groups, n_fresh)
     if n_jobs <= 1 or n_boot < 2 * n_jobs:
-        return _bootstrap_chunk(prob, starts, groups, children)
+        return _bootstrap_chunk(*args, children)
     chunks = [list(c) for c in np.array_split(np.array(children, dtype=object), n_jobs)]
     with ProcessPoolExecutor(n_jobs) as pool:
-        parts = pool.map(_bootstrap_chunk, [prob] * n_jobs, [starts] * n_jobs, [groups] * n_jobs, chunks)
+        parts = pool.map(_bootstrap_chunk, *([a] * n_jobs for a in args), chunks)
         return np.concatenate(list(parts))
 
 
-def _bootstrap_chunk(prob: Problem, starts: list[np.ndarray], groups: np.ndarray,
-                     seeds: list[np.random.SeedSequence]) -> np.ndarray:
+def _bootstrap_chunk(prob: Problem, warm: list[np.ndarray], fresh: np.ndarray, groups: np.ndarray,
+                     n_fresh: int, seeds: list[np.random.SeedSequence]) -> np.ndarray:
     draws = np.empty((len(seeds), len(prob.law.params)))
     n_out = prob.law.n_outputs
-    with single_threaded_blas():
+    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads cost more than they give
         for i, ss in enumerate(seeds):
-            w = np.tile(group_weights(groups, np.random.default_rng(ss)), n_out)
-            bp = prob.with_weights(w)
-            draws[i] = min((refine(bp, s, tol=1e-10) for s in starts), key=lambda s: s.value).theta
+            bp = prob.with_weights(np.tile(group_weights(groups, np.random.default_rng(ss)), n_out))
+            draws[i] = _resample_optimum(bp, warm, fresh, n_fresh).theta
     return draws
+
+
+def _resample_optimum(bp: Problem, warm: list[np.ndarray], fresh: np.ndarray, n_fresh: int) -> Solution:
+    """The best refit of one resample: from the warm starts, and from the best fresh grid starts.
+
+    A fresh start gets a short trial and the full budget only if the trial beats the warm refits;
+    when the warm refit ends with a parameter whose effect has vanished (a log-scale parameter
+    driven to 0, where its gradient is 0 too), the fresh starts get the full budget.
+    """
+    best = min((refine(bp, s, budget=RESAMPLE) for s in warm), key=lambda s: s.value)
+    trapped = _vanished(bp, best.theta)
+    for start in fresh[np.argsort(score_starts(bp, fresh), kind="stable")[:n_fresh]]:
+        trial = refine(bp, start, budget=RESAMPLE if trapped else TRIAL)
+        if not trapped and trial.value < best.value:
+            trial = refine(bp, trial.theta, budget=RESAMPLE)
+        best = min(best, trial, key=lambda s: s.value)
+    return best
+
+
+def _vanished(prob: Problem, theta: np.ndarray) -> bool:
+    """Whether a free log-scale parameter has been driven towards 0, where it no longer moves the fit
+    and, its gradient vanishing too, cannot come back (a linear-scale parameter on a bound can)."""
+    norms = np.linalg.norm(prob.resid_jac(theta) * np.sqrt(prob.w), axis=1)
+    return bool(np.any(~prob.gauge & prob.is_log & (norms < 1e-6 * norms.max())))

@@ -1,7 +1,9 @@
-"""Fit scaling laws to sweep data: multistart optimisation, bootstrap, validation.
+"""Fit scaling laws to sweep data: the entry points and the handling of tables.
 
-The entry points are :func:`fit` (a DataFrame, e.g. from ``store.load_runs``)
-and :func:`fit_arrays` (plain arrays). Both return a :class:`FitResult`.
+:func:`fit` takes a DataFrame (e.g. from ``store.load_runs``), :func:`fit_arrays` plain
+arrays; both return a :class:`~forgetting_laws.analyse.result.FitResult`. Every default comes
+from the analysis policy (:mod:`forgetting_laws.analyse.policy`); keyword arguments named like
+its fields (``bootstrap=0``, ``min_step=8``, ``loss="mse"``) override it for one call.
 
 Examples
 --------
@@ -15,289 +17,28 @@ Examples
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from scipy.optimize import minimize_scalar
+from threadpoolctl import threadpool_limits
 
+from ..errors import FitDataError
+from ..store import load_runs
 from . import laws as _laws
-from .._blas import single_threaded_blas
-from .engine import LOSSES, Problem, bootstrap as _bootstrap, distinct, multistart
-from ..store import SchemaError, load_runs
-from .laws import Law, LawError
+from .diagnostics import error_metrics, metrics, warnings_for
+from .engine import InputScaling, Problem, Solution, bootstrap, distinct, multistart, score_starts
+from .laws import Law
+from .policy import DEFAULT_POLICY, AnalysisPolicy
+from .result import FitResult
+from .uncertainty import (Intervals, NoiseModel, asymptotic_intervals, bootstrap_intervals, no_intervals,
+                          noise_model, unidentified)
 
-__all__ = ["FitResult", "FitDataError", "fit", "fit_arrays", "add_fit_arguments", "run_fit_command"]
-
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
-CORR_LIMIT = 0.99
-
-
-class FitDataError(ValueError):
-    """The data or the options given to a fit are unusable; the message says how to fix them."""
-
-
-# ====================================================================== result
-
-
-@dataclass
-class FitResult:
-    """The outcome of a fit: parameters, uncertainties, metrics and diagnostics.
-
-    Attributes
-    ----------
-    law_name : str
-        Registry name of the law.
-    params, stderr : dict
-        Parameter name -> best-fit value / standard error (bootstrap standard
-        deviation when bootstrapped, else the Gauss-Newton approximation).
-    ci : dict
-        Parameter name -> (low, high) at ``ci_level`` (bootstrap percentiles when
-        bootstrapped, else a normal approximation on the optimiser's scale, i.e.
-        in log space for positive scale parameters).
-    metrics : dict
-        In-sample metrics (``r2``, ``rmse``, ``mae``, ``are``, ``aic``, ``bic``,
-        ``loglik``, ``objective``, ``n``, ``rank_corr``) and, with a holdout,
-        ``holdout`` (``are``, ``mae``, ``r2``, ``n``, ``spec``).
-    warnings : list of str
-        Identifiability and convergence warnings.
-    correlation : ndarray, shape (p, p)
-        Parameter correlations (on the optimiser's scale: log for positive
-        scale parameters).
-    draws : ndarray, shape (n_boot, p)
-        Bootstrap parameter draws (empty when ``bootstrap=0``).
-    inputs, y_obs, fitted : data the law was fitted on (``y_obs``/``fitted`` stacked
-        output-major for joint laws).
-    """
-
-    law_name: str
-    params: dict[str, float]
-    stderr: dict[str, float]
-    ci: dict[str, tuple[float, float]]
-    metrics: dict[str, Any]
-    warnings: list[str]
-    correlation: np.ndarray
-    draws: np.ndarray
-    inputs: dict[str, np.ndarray]
-    y_obs: np.ndarray
-    fitted: np.ndarray
-    loss: str = "huber_log"
-    delta: float = 1e-3
-    ci_level: float = 0.95
-    x: dict[str, str] = field(default_factory=dict)
-    y: tuple[str, ...] = ()
-    start: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    _law: Law | None = field(default=None, repr=False, compare=False)
-
-    # ------------------------------------------------------------ access
-    @property
-    def law(self) -> Law:
-        """The :class:`~forgetting_laws.analyse.laws.Law` (looked up by name after loading JSON)."""
-        if self._law is None:
-            self._law = _laws.get(self.law_name)
-        return self._law
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return tuple(self.params)
-
-    @property
-    def residuals(self) -> np.ndarray:
-        """Observed minus fitted, on the data scale."""
-        return self.y_obs - self.fitted
-
-    # ------------------------------------------------------------ prediction
-    def predict(self, **inputs: Any) -> np.ndarray:
-        """Evaluate the fitted law at ``inputs`` (the law's input names).
-
-        Examples
-        --------
-        >>> res.predict(N=70e9, D=1.4e12)  # doctest: +SKIP
-        """
-        self._check_inputs(inputs)
-        return self.law(**{k: np.asarray(v, dtype=float) for k, v in inputs.items()}, **self.params)
-
-    def predict_interval(self, level: float = 0.95, **inputs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile interval of the prediction over the bootstrap draws.
-
-        Returns
-        -------
-        (low, high) : arrays shaped like :meth:`predict`'s output.
-        """
-        if self.draws.size == 0:
-            raise FitDataError("predict_interval needs bootstrap draws; this fit has bootstrap=0. "
-                               "Refit with bootstrap=1000 (or any N > 0).")
-        if not 0 < level < 1:
-            raise FitDataError(f"level={level!r} must lie in (0, 1), e.g. 0.95")
-        preds = self._predict_draws(inputs)
-        q = 50 * (1 - level)
-        return np.percentile(preds, q, axis=0), np.percentile(preds, 100 - q, axis=0)
-
-    def _predict_draws(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        self._check_inputs(inputs)
-        arrs = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in inputs.items()}
-        kw = {p: self.draws[:, [j]] for j, p in enumerate(self.params)}
-        if self.law.n_outputs > 1:
-            kw = {p: v[:, :, None] for p, v in kw.items()}
-        out = np.asarray(self.law(**arrs, **kw), dtype=float)
-        shape = np.shape(self.predict(**inputs))
-        return out.reshape((self.draws.shape[0],) + shape)
-
-    def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
-        missing = [i for i in self.law.inputs if i not in inputs]
-        extra = [i for i in inputs if i not in self.law.inputs]
-        if missing or extra:
-            raise FitDataError(
-                f"law {self.law_name!r} takes inputs {list(self.law.inputs)}; "
-                f"missing {missing}, unexpected {extra}"
-            )
-
-    # ------------------------------------------------------------ lmfit / reports
-    def to_lmfit(self) -> Any:
-        """The parameters as ``lmfit.Parameters`` (values, bounds, stderr, correlations)."""
-        import lmfit
-
-        pars = lmfit.Parameters()
-        for j, p in enumerate(self.params):
-            lo, hi = self.law.bound(p) if self._law_available() else (-np.inf, np.inf)
-            pars.add(p, value=self.params[p], min=lo, max=hi)
-            pars[p].stderr = self.stderr.get(p)
-            pars[p].correl = {q: float(self.correlation[j, k]) for k, q in enumerate(self.params) if q != p}
-        return pars
-
-    def _law_available(self) -> bool:
-        try:
-            self.law
-        except LawError:
-            return False
-        return True
-
-    def report(self, min_correl: float = 0.3) -> str:
-        """A text report in the style of ``lmfit.fit_report``."""
-        from .fit_report import text_report
-
-        return text_report(self, min_correl)
-
-    def _repr_html_(self) -> str:
-        from .fit_report import html_report
-
-        return html_report(self)
-
-    def __str__(self) -> str:
-        return self.report()
-
-    def plot(self, ax: Any = None) -> Any:
-        """Observed against fitted values, with the identity line. Returns the Axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(4.5, 4.5))
-        n_out = len(self.y) if self.y else (self.law.n_outputs if self._law_available() else 1)
-        labels = list(self.y) or [f"output {i}" for i in range(n_out)]
-        for obs, fit_, label in zip(np.split(self.y_obs, n_out), np.split(self.fitted, n_out), labels):
-            ax.scatter(fit_, obs, s=12, alpha=0.7, label=label)
-        lo, hi = np.nanmin(self.y_obs), np.nanmax(self.y_obs)
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = fitted")
-        ax.set_xlabel("fitted")
-        ax.set_ylabel("observed")
-        ax.set_title(f"{self.law_name} (R$^2$ = {self.metrics.get('r2', float('nan')):.4f})")
-        ax.legend(fontsize="small")
-        return ax
-
-    # ------------------------------------------------------------ JSON
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``format_version`` included)."""
-        return _jsonable({
-            "format_version": FORMAT_VERSION, "law_name": self.law_name, "loss": self.loss,
-            "delta": self.delta, "ci_level": self.ci_level, "params": self.params,
-            "stderr": self.stderr, "ci": {k: list(v) for k, v in self.ci.items()},
-            "metrics": self.metrics, "warnings": self.warnings,
-            "correlation": self.correlation.tolist(), "draws": self.draws.tolist(),
-            "inputs": {k: np.asarray(v).tolist() for k, v in self.inputs.items()},
-            "y_obs": self.y_obs.tolist(), "fitted": self.fitted.tolist(),
-            "x": self.x, "y": list(self.y), "start": self.start, "options": self.options,
-        })
-
-    def to_json(self, path: str | Path | None = None, indent: int | None = 1) -> str:
-        """Serialise to JSON; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, source: str | Path, law: Law | None = None) -> FitResult:
-        """Load a result saved by :meth:`to_json` (a JSON string or a file path).
-
-        ``law`` supplies a user law that is not in the registry.
-        """
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
-        return cls.from_dict(json.loads(text), law=law)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], law: Law | None = None) -> FitResult:
-        version = d.get("format_version")
-        if version not in SUPPORTED_FORMAT_VERSIONS:
-            raise FitDataError(
-                f"format_version={version!r} is not supported (supported: {SUPPORTED_FORMAT_VERSIONS}); "
-                "upgrade forgetting-laws to read this file"
-            )
-        names = list(d["params"])
-        return cls(
-            law_name=d["law_name"], params=_floats(d["params"]), stderr=_floats(d["stderr"]),
-            ci={k: tuple(_f(v) for v in d["ci"][k]) for k in d["ci"]}, metrics=d["metrics"],
-            warnings=list(d["warnings"]), correlation=_array(d["correlation"], (len(names), len(names))),
-            draws=_array(d["draws"], (0, len(names))),
-            inputs={k: _array(v) for k, v in d["inputs"].items()}, y_obs=_array(d["y_obs"]),
-            fitted=_array(d["fitted"]), loss=d["loss"], delta=d["delta"], ci_level=d["ci_level"],
-            x=dict(d.get("x", {})), y=tuple(d.get("y", ())), start=d.get("start", {}),
-            options=d.get("options", {}), format_version=FORMAT_VERSION, _law=law,
-        )
-
-
-def _f(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def _floats(d: Mapping[str, Any]) -> dict[str, float]:
-    return {k: _f(v) for k, v in d.items()}
-
-
-def _array(v: Any, empty_shape: tuple[int, ...] = (0,)) -> np.ndarray:
-    a = np.array([[_f(x) for x in row] for row in v] if v and isinstance(v[0], list) else [_f(x) for x in v])
-    return a if a.size else np.zeros(empty_shape)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
-
-
-# ====================================================================== fitting
+__all__ = ["FitResult", "FitDataError", "fit", "fit_arrays", "holdout_mask", "read_table"]
 
 
 def fit(
@@ -305,16 +46,12 @@ def fit(
     law: str | Law | Any,
     x: Mapping[str, str] | None = None,
     y: str | Sequence[str] | None = None,
-    loss: str = "huber_log",
-    delta: float = 1e-3,
-    bootstrap: int = 1000,
-    group: str | None = "run_id",
+    policy: AnalysisPolicy | None = None,
+    *,
     holdout: str | None = None,
-    min_step: int = 0,
-    seed: int = 0,
-    ci_level: float = 0.95,
+    group: str | None = "run_id",
     n_refine: int = 16,
-    n_jobs: int = 1,
+    **overrides: Any,
 ) -> FitResult:
     r"""Fit ``law`` to the columns of ``df``.
 
@@ -332,26 +69,21 @@ def fit(
         Law input name -> column name; inputs not given use the column of the same name.
     y : str or tuple of str, optional
         Column(s) fitted; a joint law takes one per output. Default: the law's outputs.
-    loss : {"huber_log", "mse", "mse_log"}
-    delta : float
-        Huber threshold (on log residuals).
-    bootstrap : int
-        Number of bootstrap refits resampling whole groups; 0 skips the bootstrap.
-    group : str or None
-        Column identifying correlated rows (a run); absent or None: each row its own group.
+    policy : AnalysisPolicy, optional
+        The analysis policy (default :data:`~forgetting_laws.analyse.policy.DEFAULT_POLICY`):
+        ``min_step`` (rows with ``step < min_step`` left out), ``loss``, ``delta``,
+        ``bootstrap``, ``min_clusters``, ``ci_level``, ``seed``, ``n_jobs``.
     holdout : str, optional
         ``"COL:largest"``, ``"COL:largest:K"`` or ``"COL:last:FRAC"``: rows held out of the
-        fit and scored afterwards (ARE, MAE, R^2 in ``metrics["holdout"]``).
-    min_step : int
-        Drop rows with ``step < min_step`` (when a ``step`` column exists).
-    seed : int
-        Seed of the bootstrap.
-    ci_level : float
-        Level of the confidence intervals.
+        fit and scored afterwards (``metrics["holdout"]``: ARE, MAE, R^2 and the coverage of
+        the prediction interval).
+    group : str or None
+        Column identifying correlated rows (a run): the bootstrap resamples whole groups and
+        the noise model counts them. Absent or None: each row its own group.
     n_refine : int
-        How many of the best-scoring grid starts are refined with L-BFGS-B.
-    n_jobs : int
-        Processes for the bootstrap (1: in this process). Results do not depend on it.
+        How many of the best-scoring grid starts are refined.
+    **overrides
+        Policy fields for this call, e.g. ``bootstrap=0``.
 
     Returns
     -------
@@ -362,19 +94,18 @@ def fit(
     >>> res = fit(df, "chinchilla", x={"N": "params", "D": "tokens"}, y="loss")  # doctest: +SKIP
     """
     law = _resolve_law(law)
+    policy = (policy or DEFAULT_POLICY).updated(**overrides)
     xmap, ycols = _resolve_columns(df, law, x, y)
-    data, notes = _clean_rows(df, law, xmap, ycols, min_step)
+    data, notes = _clean_rows(df, law, xmap, ycols, policy.min_step, group)
+    _check_positive_columns(data, law, xmap, policy.min_step)
     held = holdout_mask(data, holdout) if holdout else np.zeros(len(data), dtype=bool)
     train = data[~held]
-    groups = _groups(train, group)
-    res = fit_arrays(
-        law, {i: train[c].to_numpy(float) for i, c in xmap.items()},
-        [train[c].to_numpy(float) for c in ycols], loss=loss, delta=delta, bootstrap=bootstrap,
-        groups=groups, seed=seed, ci_level=ci_level, n_refine=n_refine, n_jobs=n_jobs,
-    )
+    res = fit_arrays(law, {i: train[c].to_numpy(float) for i, c in xmap.items()},
+                     [train[c].to_numpy(float) for c in ycols], policy, groups=_groups(train, group),
+                     n_refine=n_refine)
     res.x, res.y = dict(xmap), tuple(ycols)
     res.warnings[:0] = notes
-    res.options.update(group=group, holdout=holdout, min_step=min_step)
+    res.options.update(group=group if group in df.columns else None, holdout=holdout)
     if holdout:
         res.metrics["holdout"] = _holdout_metrics(res, data[held], xmap, ycols, holdout)
     return res
@@ -384,14 +115,11 @@ def fit_arrays(
     law: str | Law | Any,
     inputs: Mapping[str, Any],
     y: Any,
-    loss: str = "huber_log",
-    delta: float = 1e-3,
-    bootstrap: int = 1000,
+    policy: AnalysisPolicy | None = None,
+    *,
     groups: Any = None,
-    seed: int = 0,
-    ci_level: float = 0.95,
     n_refine: int = 16,
-    n_jobs: int = 1,
+    **overrides: Any,
 ) -> FitResult:
     """Fit ``law`` to plain arrays.
 
@@ -402,8 +130,11 @@ def fit_arrays(
         Law input name -> 1-D array.
     y : array or sequence of arrays
         Observed values; a joint law takes one array per output.
+    policy : AnalysisPolicy, optional
+        As in :func:`fit` (``min_step`` does not apply to arrays).
     groups : array, optional
-        Group label of each row for the bootstrap (default: each row its own group).
+        Group (run) of each row, rows of a group in measurement order (default: each row its
+        own group).
     Other parameters as in :func:`fit`.
 
     Returns
@@ -411,21 +142,21 @@ def fit_arrays(
     FitResult
     """
     law = _resolve_law(law)
-    _check_options(loss, delta, bootstrap, ci_level)
+    policy = (policy or DEFAULT_POLICY).updated(**overrides)
     X, Y, g, notes = _clean_arrays(law, inputs, y, groups)
-    _check_values(law, X, Y, loss)
-    prob = Problem(law, X, Y.ravel(), loss, delta)
-    with single_threaded_blas():
-        sols, starts = multistart(prob, n_refine)
+    _check_values(law, X, Y, policy.loss)
+    scaling = InputScaling.of(law, X)
+    prob = Problem(law, scaling.inputs(X), Y.ravel(), policy.loss, policy.delta)
+    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads cost more than they give
+        sols, starts = multistart(prob, scaling, n_refine)
         best = sols[0]
-        # warm starts: the optimum plus other local optima nearly as good (a resample may prefer one)
-        warm = [s.theta for s in distinct(sols, 3) if s.value <= 1.5 * best.value + 1e-300]
-        draws = (_bootstrap(prob, warm, g, bootstrap, seed, n_jobs) if bootstrap
-                 else np.zeros((0, len(law.params))))
-        res = _assemble(prob, best, draws, ci_level, g)
+        noise = noise_model(prob.residuals(prob.evaluate_one(best.theta)), g, law.n_outputs, prob.n_free,
+                            "log y" if prob.log_resid else "y")
+        intervals = _intervals(prob, scaling, sols, starts, g, policy, noise, groups is not None)
+    res = _assemble(prob, scaling, best, intervals, noise, policy, X)
     res.warnings[:0] = notes
-    res.start = _start_info(law, best, starts, sols)
-    res.options = {"n_refine": n_refine, "bootstrap": bootstrap, "seed": seed, "n_jobs": n_jobs}
+    res.start = _start_info(law, best, starts, sols, scaling)
+    res.options = {"n_refine": n_refine, "input_scale": scaling.factors}
     return res
 
 
@@ -438,15 +169,35 @@ def _resolve_law(law: Any) -> Law:
                        f"known laws: {', '.join(_laws.names())}")
 
 
-def _check_options(loss: str, delta: float, bootstrap: int, ci_level: float) -> None:
-    if loss not in LOSSES:
-        raise FitDataError(f"loss={loss!r} is not supported; choose one of {', '.join(LOSSES)}")
-    if not delta > 0:
-        raise FitDataError(f"delta={delta!r} must be > 0 (the Huber threshold, e.g. 1e-3)")
-    if int(bootstrap) != bootstrap or bootstrap < 0:
-        raise FitDataError(f"bootstrap={bootstrap!r} must be an integer >= 0 (0 skips the bootstrap)")
-    if not 0 < ci_level < 1:
-        raise FitDataError(f"ci_level={ci_level!r} must lie in (0, 1), e.g. 0.95")
+# ---------------------------------------------------------------- intervals
+
+
+def _intervals(prob: Problem, scaling: InputScaling, sols: list[Solution], starts: np.ndarray,
+               groups: np.ndarray, policy: AnalysisPolicy, noise: NoiseModel | str, grouped: bool) -> Intervals:
+    """Cluster bootstrap with enough clusters, else asymptotic intervals, else none (with the reason)."""
+    n_clusters = np.unique(groups).size
+    unit = "runs" if grouped else "rows"
+    if policy.bootstrap and n_clusters >= policy.min_clusters:
+        draws = scaling.to_user(_bootstrap_draws(prob, sols, starts, groups, policy))
+        note = f"{policy.bootstrap} resamples of {n_clusters} {unit}, refits from the optimum and fresh grid starts"
+        return bootstrap_intervals(prob.law.params, prob.is_log, draws, policy.ci_level, note)
+    if isinstance(noise, str):
+        return no_intervals(prob.law.params, noise)
+    why = (f"{n_clusters} {unit}, fewer than the {policy.min_clusters} a cluster bootstrap needs"
+           if policy.bootstrap else "no bootstrap asked for")
+    note = (f"{why}; Student t with {noise.dof:.1f} degrees of freedom, covariance scaled by the design "
+            f"effect of correlated rows ({', '.join(f'{d:.2f}' for d in noise.design_effect)})")
+    return asymptotic_intervals(prob, sols[0].theta, scaling, noise, policy.ci_level, note)
+
+
+def _bootstrap_draws(prob: Problem, sols: list[Solution], starts: np.ndarray, groups: np.ndarray,
+                     policy: AnalysisPolicy) -> np.ndarray:
+    best = sols[0]
+    # warm starts: the optimum plus other local optima nearly as good (a resample may prefer one)
+    warm = [s.theta for s in distinct(sols, 2) if s.value <= 1.5 * best.value + 1e-300]
+    scores = score_starts(prob, starts)
+    fresh = np.unique(starts[np.argsort(scores, kind="stable")[:64]], axis=0)[:32]
+    return bootstrap(prob, warm, fresh, groups, policy.bootstrap, policy.seed, policy.n_jobs)
 
 
 # ---------------------------------------------------------------- data frames
@@ -471,11 +222,14 @@ def _resolve_columns(df: pd.DataFrame, law: Law, x: Mapping[str, str] | None,
     return xmap, ycols
 
 
-def _clean_rows(df: pd.DataFrame, law: Law, xmap: Mapping[str, str], ycols: list[str],
-                min_step: int) -> tuple[pd.DataFrame, list[str]]:
+def _clean_rows(df: pd.DataFrame, law: Law, xmap: Mapping[str, str], ycols: list[str], min_step: int,
+                group: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """Rows from ``min_step`` on, without NaN/inf, each group's rows in step order."""
     notes: list[str] = []
-    if min_step and "step" in df.columns:
+    if "step" in df.columns:
         df = df[df["step"] >= min_step]
+        keys = [k for k in (group, "step") if k is not None and k in df.columns]
+        df = df.sort_values(keys, kind="stable")
     cols = list(dict.fromkeys([*xmap.values(), *ycols]))
     values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(float)
     bad = ~np.isfinite(values).all(axis=1)
@@ -485,14 +239,27 @@ def _clean_rows(df: pd.DataFrame, law: Law, xmap: Mapping[str, str], ycols: list
     return df[~bad], notes
 
 
+def _check_positive_columns(df: pd.DataFrame, law: Law, xmap: Mapping[str, str], min_step: int) -> None:
+    """A law input raised to a power must be > 0; step 0 rows are the usual culprit."""
+    for i in law.positive_inputs:
+        col = xmap[i]
+        bad = df[col].to_numpy(float) <= 0
+        if not bad.any():
+            continue
+        fix = (f"leave out step 0 with min_step=1 (CLI: --min-step 1); this fit used min_step={min_step}"
+               if col == "step" else f"drop or shift the rows with {col} <= 0")
+        raise FitDataError(f"input {i!r} (column {col!r}) of law {law.name!r} must be > 0 (it is raised to a "
+                           f"power) but {int(bad.sum())} rows have {col} <= 0: {fix}")
+
+
 def _dropped_note(n_bad: int, n: int, cols: Sequence[str]) -> str:
     return f"dropped {n_bad} of {n} rows with NaN or inf in {', '.join(map(str, cols))}"
 
 
-def _groups(df: pd.DataFrame, group: str | None) -> np.ndarray:
+def _groups(df: pd.DataFrame, group: str | None) -> np.ndarray | None:
     if group is not None and group in df.columns:
         return df[group].astype(str).to_numpy()
-    return np.arange(len(df))
+    return None
 
 
 def holdout_mask(df: pd.DataFrame, spec: str) -> np.ndarray:
@@ -528,13 +295,29 @@ def _holdout_count(parts: list[str], n_levels: int) -> int:
 
 def _holdout_metrics(res: FitResult, held: pd.DataFrame, xmap: Mapping[str, str],
                      ycols: list[str], spec: str) -> dict[str, Any]:
-    pred = np.ravel(res.predict(**{i: held[c].to_numpy(float) for i, c in xmap.items()}))
+    """Errors of the predictions on the held-out rows and the coverage of their prediction interval."""
+    inputs = {i: held[c].to_numpy(float) for i, c in xmap.items()}
+    pred = np.ravel(res.predict(**inputs))
     obs = np.concatenate([held[c].to_numpy(float) for c in ycols])
-    out = {"spec": spec, "n": int(obs.size), **_error_metrics(obs, pred)}
-    if res.draws.size:
-        lo, hi = res.predict_interval(res.ci_level, **{i: held[c].to_numpy(float) for i, c in xmap.items()})
-        out["coverage"] = float(np.mean((np.ravel(lo) <= obs) & (obs <= np.ravel(hi))))
+    out = {"spec": spec, "n": int(obs.size), **error_metrics(obs, pred)}
+    try:
+        lo, hi = res.prediction_interval(**inputs)
+    except FitDataError as err:
+        out["coverage"], out["coverage_note"] = None, str(err)
+        return out
+    inside = (np.ravel(lo) <= obs) & (obs <= np.ravel(hi))
+    out["coverage"], out["covered"] = float(inside.mean()), int(inside.sum())
     return out
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Rows to fit from a runs folder (checked by :func:`~forgetting_laws.load_runs`), a .parquet or a .csv file."""
+    path = Path(path)
+    if path.is_dir():
+        return load_runs(path)  # a runs folder: the schema version is checked
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give a .parquet file or a runs folder")
+    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
 
 
 # ---------------------------------------------------------------- arrays
@@ -580,223 +363,35 @@ def _check_values(law: Law, X: Mapping[str, np.ndarray], Y: np.ndarray, loss: st
 # ---------------------------------------------------------------- assembling the result
 
 
-def _assemble(prob: Problem, best: Any, draws: np.ndarray, ci_level: float,
-              groups: np.ndarray) -> FitResult:
-    law, theta = prob.law, best.theta
-    pred = prob.evaluate_one(theta)
-    cov_u = _gauss_newton_cov(prob, theta)
-    corr, stderr, ci = _uncertainty(prob, theta, cov_u, draws, ci_level)
+def _assemble(prob: Problem, scaling: InputScaling, best: Solution, iv: Intervals, noise: NoiseModel | str,
+              policy: AnalysisPolicy, X: Mapping[str, np.ndarray]) -> FitResult:
+    law = prob.law
+    theta = scaling.to_user(best.theta)
+    params = dict(zip(law.params, map(float, theta)))
+    pred = prob.evaluate_one(best.theta)  # = the law at the user's inputs and parameters
     res = FitResult(
-        law_name=law.name, params=dict(zip(law.params, map(float, theta))),
-        stderr=stderr, ci=ci, metrics=_metrics(prob, theta, pred, best.value),
-        warnings=[], correlation=corr, draws=draws, inputs=dict(prob.X), y_obs=prob.y.copy(),
-        fitted=pred, loss=prob.loss, delta=prob.delta, ci_level=ci_level, _law=law,
+        law_name=law.name, params=params, stderr=iv.stderr, ci=iv.ci,
+        metrics=metrics(prob, best.theta, pred, best.value, law.outputs), warnings=[],
+        correlation=iv.correlation, draws=_draws(iv, law), inputs=dict(X), y_obs=prob.y.copy(),
+        fitted=pred, policy=policy, covariance=iv.covariance,
+        noise=noise if isinstance(noise, NoiseModel) else None,
+        noise_note="" if isinstance(noise, NoiseModel) else noise,
+        interval_method=iv.method, interval_note=iv.note, _law=law,
     )
-    res.warnings += _identifiability_warnings(prob, res, groups, best)
+    res.unidentified = unidentified(law, params, iv.ci, policy.ci_level)
+    res.warnings += warnings_for(prob, res, best)
     return res
 
 
-def _gauss_newton_cov(prob: Problem, theta: np.ndarray) -> np.ndarray:
-    """Covariance of u (optimiser scale) from the residual Jacobian: s^2 (J J^T)^+."""
-    pred = prob.evaluate_one(theta)
-    J = prob.jac_u(theta)  # (p, m)
-    r = prob.residuals(pred)
-    if prob.log_resid:
-        J = J / pred
-    free = ~prob.gauge  # gauge parameters are held fixed: zero variance
-    dof = max(r.size - int(free.sum()), 1)
-    cov = np.zeros((theta.size, theta.size))
-    cov[np.ix_(free, free)] = float(r @ r) / dof * np.linalg.pinv(J[free] @ J[free].T)
-    return cov
+def _draws(iv: Intervals, law: Law) -> np.ndarray:
+    return iv.draws if iv.draws.size else np.zeros((0, len(law.params)))
 
 
-def _uncertainty(prob: Problem, theta: np.ndarray, cov_u: np.ndarray, draws: np.ndarray,
-                 level: float) -> tuple[np.ndarray, dict[str, float], dict[str, tuple[float, float]]]:
-    names = prob.law.params
-    q = 100 * (1 - level) / 2
-    if draws.shape[0] > 1:
-        du = np.array([prob.to_u(d) for d in draws])
-        corr = _corrcoef(du)
-        with np.errstate(over="ignore", invalid="ignore"):  # an unidentified parameter may wander off
-            stderr = dict(zip(names, map(float, draws.std(axis=0, ddof=1))))
-        lo, hi = np.percentile(draws, q, axis=0), np.percentile(draws, 100 - q, axis=0)
-    else:
-        sd_u = np.sqrt(np.clip(np.diag(cov_u), 0, None))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = np.where(np.outer(sd_u, sd_u) > 0, cov_u / np.outer(sd_u, sd_u), np.nan)
-        scale = np.where(prob.is_log, theta, 1.0)  # delta method: d theta / d u
-        se = sd_u * scale
-        stderr = dict(zip(names, map(float, se)))
-        z = stats.norm.ppf(1 - q / 100)
-        u = prob.to_u(theta)  # symmetric on the optimiser's scale: positive params stay positive
-        lo, hi = prob.to_theta(u - z * sd_u), prob.to_theta(u + z * sd_u)
-    ci = {p: (float(a), float(b)) for p, a, b in zip(names, lo, hi)}
-    return np.clip(corr, -1, 1), stderr, ci
-
-
-def _corrcoef(u: np.ndarray) -> np.ndarray:
-    sd = u.std(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.cov(u, rowvar=False) / np.outer(sd, sd) * (u.shape[0] - 1) / u.shape[0]
-    return np.atleast_2d(c)
-
-
-def _error_metrics(obs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    err = pred - obs
-    ss_tot = float(np.sum((obs - obs.mean()) ** 2))
-    return {
-        "are": float(np.mean(np.abs(err) / np.abs(obs))),
-        "mae": float(np.mean(np.abs(err))),
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "r2": 1.0 - float(err @ err) / ss_tot if ss_tot > 0 else float("nan"),
-    }
-
-
-def _metrics(prob: Problem, theta: np.ndarray, pred: np.ndarray, objective: float) -> dict[str, Any]:
-    n, k = prob.y.size, theta.size + 1  # +1: the noise scale
-    loglik = _loglik(prob.residuals(pred), prob.loss, prob.delta)
-    inputs = {i: np.tile(a, prob.law.n_outputs) for i, a in prob.X.items()}
-    resid = prob.y - pred
-    rank_corr = {i: _spearman(a, resid) for i, a in inputs.items()}
-    return {
-        "n": int(n), "n_params": int(theta.size), "objective": float(objective),
-        **_error_metrics(prob.y, pred), "loglik": loglik,
-        "aic": 2 * k - 2 * loglik, "bic": k * math.log(n) - 2 * loglik,
-        "likelihood": "huber" if prob.loss == "huber_log" else "gaussian",
-        "likelihood_scale": "log y" if prob.log_resid else "y",
-        "rank_corr": {i: v[0] for i, v in rank_corr.items()},
-        "rank_corr_p": {i: v[1] for i, v in rank_corr.items()},
-    }
-
-
-def _spearman(a: np.ndarray, r: np.ndarray) -> tuple[float, float]:
-    if np.ptp(a) == 0 or np.ptp(r) == 0:
-        return float("nan"), float("nan")
-    out = stats.spearmanr(a, r)
-    return float(out.statistic), float(out.pvalue)
-
-
-def _loglik(r: np.ndarray, loss: str, delta: float) -> float:
-    """Maximised log-likelihood of the residuals: Gaussian, or Huber with a fitted scale."""
-    n = r.size
-    if loss != "huber_log":
-        s2 = max(float(r @ r) / n, 1e-300)
-        return -0.5 * n * (math.log(2 * math.pi * s2) + 1)
-    a = np.abs(r)
-    S = float(np.sum(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))))
-
-    def neg(log_tau: float) -> float:  # density exp(-H(r)/tau) / Z(tau)
-        tau = math.exp(log_tau)
-        core = math.sqrt(2 * math.pi * tau) * (2 * stats.norm.cdf(delta / math.sqrt(tau)) - 1)
-        tails = 2 * tau / delta * math.exp(-delta * delta / (2 * tau))
-        return S / tau + n * math.log(core + tails)
-
-    guess = math.log(max(S / n, 1e-300))
-    best = minimize_scalar(neg, bounds=(guess - 20, guess + 20), method="bounded")
-    return -float(best.fun)
-
-
-def _identifiability_warnings(prob: Problem, res: FitResult, groups: np.ndarray, best: Any) -> list[str]:
-    out = []
-    for i in prob.law.positive_inputs:
-        lo, hi = prob.X[i].min(), prob.X[i].max()
-        if hi < 10 * lo:
-            out.append(f"input {i!r} spans less than a decade ({lo:g} to {hi:g}, x{hi / lo:.2g}): "
-                       f"exponents acting on {i} are weakly identified")
-    names = prob.law.params
-    for a in range(len(names)):
-        for b in range(a + 1, len(names)):
-            c = res.correlation[a, b]
-            if np.isfinite(c) and abs(c) > CORR_LIMIT:
-                out.append(f"parameters {names[a]!r} and {names[b]!r} are correlated (corr = {c:+.4f}): "
-                           "they are not separately identifiable, only a combination of them is")
-    out += _ci_warnings(prob.law, res)
-    for p in prob.law.gauge:
-        out.append(f"parameter {p!r} is held at {res.params[p]:.6g}: law {prob.law.name!r} is invariant "
-                   f"under a rescaling that {p} can absorb, so it carries no information of its own")
-    if not best.converged:
-        out.append("the optimiser did not report convergence at the best start; check the fit")
-    if res.draws.shape[0] and np.unique(groups).size < 5:
-        out.append(f"the bootstrap resamples only {np.unique(groups).size} groups: its CIs are unreliable")
-    return out
-
-
-def _ci_warnings(law: Law, res: FitResult) -> list[str]:
-    out = []
-    for p, (lo, hi) in res.ci.items():
-        blo, bhi = law.bound(p)
-        tol_lo, tol_hi = 1e-6 * max(1, abs(blo)), 1e-6 * max(1, abs(bhi))
-        if (np.isfinite(blo) and lo <= blo + tol_lo) or (np.isfinite(bhi) and hi >= bhi - tol_hi):
-            out.append(f"the CI of {p!r} ({lo:.4g}, {hi:.4g}) reaches its bound ({blo:g}, {bhi:g}): "
-                       f"{p} is not identified by these data")
-        elif p in law.log_params and lo > 0 and hi / lo > 1e3:
-            out.append(f"the CI of {p!r} ({lo:.4g}, {hi:.4g}) spans {math.log10(hi / lo):.1f} decades: "
-                       f"{p} is not identified by these data")
-    return out
-
-
-def _start_info(law: Law, best: Any, starts: np.ndarray, sols: list[Any]) -> dict[str, Any]:
+def _start_info(law: Law, best: Solution, starts: np.ndarray, sols: list[Solution],
+                scaling: InputScaling) -> dict[str, Any]:
     return {
         "index": int(best.start), "n_starts": int(starts.shape[0]), "n_refined": len(sols),
-        "values": dict(zip(law.params, map(float, starts[best.start]))),
+        "values": dict(zip(law.params, map(float, scaling.to_user(starts[best.start])))),
         "iterations": int(best.nit), "converged": bool(best.converged),
         "objectives": [float(s.value) for s in sols],
     }
-
-
-# ====================================================================== CLI
-
-
-def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the arguments of ``forgetting-laws fit`` on ``parser``."""
-    parser.add_argument("source", help="a .parquet (or .csv) file, or a folder of *.parquet files")
-    parser.add_argument("--law", required=True, help=f"law name ({', '.join(_laws.names())})")
-    parser.add_argument("--x", action="append", default=[], metavar="INPUT=COLUMN",
-                        help="map a law input to a column (repeatable), e.g. --x P=trainable_params")
-    parser.add_argument("--y", default=None, help="column fitted; comma-separated for a joint law")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits (0: none)")
-    parser.add_argument("--holdout", default=None, help="e.g. rank:largest or step:last:0.3")
-    parser.add_argument("--loss", default="huber_log", choices=LOSSES)
-    parser.add_argument("--delta", type=float, default=1e-3, help="Huber threshold")
-    parser.add_argument("--min-step", type=int, default=0, help="drop rows with step < K")
-    parser.add_argument("--group", default="run_id", help="bootstrap group column")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap")
-    parser.add_argument("-o", "--output", default="fits.json", help="where to save the FitResult JSON")
-
-
-def run_fit_command(args: argparse.Namespace) -> int:
-    """Run ``forgetting-laws fit``: load, fit, print the report, save JSON. Returns an exit code."""
-    try:
-        df = _read_table(Path(args.source))
-        res = fit(df, args.law, x=_parse_x(args.x), y=args.y.split(",") if args.y else None,
-                  loss=args.loss, delta=args.delta, bootstrap=args.bootstrap, group=args.group,
-                  holdout=args.holdout, min_step=args.min_step, seed=args.seed,
-                  n_jobs=getattr(args, "jobs", 1))
-    except (FitDataError, LawError, FileNotFoundError, SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(res.report())
-    res.to_json(args.output)
-    print(f"saved {args.output}")
-    return 0
-
-
-def _parse_x(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, col = item.partition("=")
-        if not sep or not key or not col:
-            raise FitDataError(f"--x {item!r} is not INPUT=COLUMN; write e.g. --x P=trainable_params")
-        out[key] = col
-    return out
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    if path.is_dir():
-        return load_runs(path)  # a runs folder: the schema version is checked
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a .parquet file or a runs folder")
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-
-

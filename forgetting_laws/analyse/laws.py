@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "get",
     "names",
     "from_function",
+    "default_grid",
     "from_lmfit_model",
     "inverse_linear",
     "power_law",
@@ -91,6 +93,14 @@ class Law:
         ``grad(**inputs, **params) -> array (n_params, ..., n)``, the derivative
         of the prediction with respect to each parameter, in ``params`` order.
         Without it the fitter uses batched central differences.
+    rescale : callable, optional
+        ``rescale(factors, **params) -> dict``: the parameters that give the same
+        predictions when each positive input ``i`` is divided by ``factors[i]``,
+        i.e. :math:`f(x / k; \theta') = f(x; \theta)`. With it the fitter works on
+        inputs of order one (divided by their geometric mean), so a law lands on
+        the same optimum whatever the units of its inputs (FLOPs or units of
+        1e16). It must map the parameters' bounds onto themselves (0 and
+        infinity stay put).
     """
 
     name: str
@@ -107,6 +117,7 @@ class Law:
     latex: str = ""
     gauge: tuple[str, ...] = ()
     grad: Callable[..., np.ndarray] | None = None
+    rescale: Callable[..., dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         _check_law_fields(self)
@@ -120,10 +131,11 @@ class Law:
         low, high = self.bounds.get(param, (-_INF, _INF))
         return (-_INF if low is None else float(low), _INF if high is None else float(high))
 
-    def start_grid(self) -> tuple[tuple[str, ...], np.ndarray]:
-        """Return the gridded parameter names and the start grid, shape (G, len(names))."""
+    def start_grid(self, skip: Sequence[str] = ()) -> tuple[tuple[str, ...], np.ndarray]:
+        """Return the gridded parameter names and the start grid, shape (G, len(names)); parameters
+        in ``skip`` are left out of the product."""
         grid = self.grid() if callable(self.grid) else self.grid
-        gnames = tuple(p for p in self.params if p in grid)
+        gnames = tuple(p for p in self.params if p in grid and p not in skip)
         if not gnames:
             return (), np.zeros((1, 0))
         values = [np.asarray(grid[p], dtype=float) for p in gnames]
@@ -166,18 +178,50 @@ _REGISTRY: dict[str, Law] = {}
 def register(law: Law) -> Law:
     """Add ``law`` to the registry and return it.
 
+    Registering a law again under its own name with the same definition (a re-run notebook
+    cell, which builds a new function object from the same source) replaces the old entry.
+
     Raises
     ------
     LawError
-        If a law of that name is already registered.
+        If a *different* law is already registered under that name.
     """
-    if law.name in _REGISTRY:
+    old = _REGISTRY.get(law.name)
+    if old is not None and _definition(old) != _definition(law):
         raise LawError(
-            f"law {law.name!r} is already registered; pick another name "
+            f"law {law.name!r} is already registered with a different definition "
+            f"({_difference(old, law)}); pick another name "
             f"(registered laws: {', '.join(sorted(_REGISTRY))})"
         )
     _REGISTRY[law.name] = law
     return law
+
+
+def _code(func: Any) -> tuple:
+    """What identifies a function's definition: its code and constants, and those of the
+    functions it closes over (an lmfit model's function), not its identity."""
+    func = getattr(func, "__wrapped__", func)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return (repr(func),)
+    inner = [getattr(c.cell_contents, "func", c.cell_contents) for c in func.__closure__ or ()]
+    return (code.co_code, code.co_consts, code.co_names, code.co_varnames,
+            tuple(_code(f) if callable(f) else type(f).__name__ for f in inner))
+
+
+def _definition(law: Law) -> dict[str, Any]:
+    grid = "callable" if callable(law.grid) else {k: tuple(map(float, v)) for k, v in law.grid.items()}
+    return {
+        "function": _code(law.func), "inputs": law.inputs, "params": law.params,
+        "bounds": {p: law.bound(p) for p in law.params}, "grid": grid, "linear": law.linear,
+        "log_params": law.log_params, "positive_inputs": law.positive_inputs, "outputs": law.outputs,
+        "formula": law.formula, "gauge": law.gauge,
+    }
+
+
+def _difference(a: Law, b: Law) -> str:
+    da, db = _definition(a), _definition(b)
+    return "differs in " + ", ".join(k for k in da if da[k] != db[k])
 
 
 def get(name: str | Law) -> Law:
@@ -217,11 +261,18 @@ def from_function(
     formula: str = "",
     outputs: Sequence[str] = ("y",),
     register_law: bool = False,
+    rescale: Callable[..., dict[str, Any]] | None = None,
 ) -> Law:
     """Build a :class:`Law` from a plain numpy function ``func(*inputs, *params)``.
 
-    Parameters not given are taken from the function signature (every argument
-    that is not an input). Parameters without a grid start at 1.0.
+    Parameters not given are taken from the function signature (every argument that is not
+    an input). Without ``grid``, :func:`default_grid` builds a start grid: log-spaced values
+    for positive parameters (exponents and scales), evenly spaced ones inside finite bounds,
+    and both signs for unbounded ones; parameters in ``linear`` are solved, not gridded.
+
+    A function written for scalars (``float(alpha)``, ``math.exp``) is evaluated one
+    parameter set, or one element, at a time, with a warning that says how to vectorise it;
+    one that cannot be evaluated at all at its start values is refused.
 
     Examples
     --------
@@ -233,16 +284,117 @@ def from_function(
     """
     if params is None:
         params = [p for p in inspect.signature(func).parameters if p not in inputs]
+    bounds = dict(bounds or {})
     grid = dict(grid) if isinstance(grid, Mapping) else grid
     if grid is None:
-        grid = {p: [1.0] for p in params if p not in linear}
+        grid = default_grid(params, bounds, linear, log_params)
     law = Law(
         name=name, func=func, inputs=tuple(inputs), params=tuple(params),
-        bounds=dict(bounds or {}), grid=grid, linear=tuple(linear),
+        bounds=bounds, grid=grid, linear=tuple(linear),
         log_params=tuple(log_params), positive_inputs=tuple(positive_inputs),
-        outputs=tuple(outputs), formula=formula or f"{name}({', '.join(inputs)})",
+        outputs=tuple(outputs), formula=formula or f"{name}({', '.join(inputs)})", rescale=rescale,
     )
+    law = _vectorised(law)
     return register(law) if register_law else law
+
+
+#: Most start points a default grid holds (the Cartesian product over the gridded parameters).
+DEFAULT_GRID_BUDGET = 2000
+
+
+def default_grid(params: Sequence[str], bounds: Mapping[str, Bounds], linear: Sequence[str] = (),
+                 log_params: Sequence[str] = (), budget: int = DEFAULT_GRID_BUDGET) -> dict[str, list[float]]:
+    """A start grid for a law that gives none: every parameter not in ``linear`` gets ``n`` values,
+    with ``n`` the largest count (2 to 7) whose product over the parameters stays within ``budget``.
+
+    * positive parameters (in ``log_params``, or with a lower bound >= 0): log-spaced over
+      their bounds, clipped to [1e-3, 1e3] (exponents and scales);
+    * parameters with two finite bounds: evenly spaced inside them;
+    * unbounded parameters: evenly spaced over [-2, 2] (both signs).
+
+    Examples
+    --------
+    >>> default_grid(["A", "tau"], {"tau": (0, None)}, linear=["A"])["tau"][:2]
+    [0.001, 0.01]
+    """
+    free = [p for p in params if p not in linear]
+    n = max(2, min(7, int(budget ** (1 / len(free))))) if free else 0
+    return {p: _grid_values(p, bounds.get(p, (None, None)), p in log_params, n) for p in free}
+
+
+def _grid_values(p: str, bound: Bounds, log: bool, n: int) -> list[float]:
+    lo = -_INF if bound[0] is None else float(bound[0])
+    hi = _INF if bound[1] is None else float(bound[1])
+    if log or lo >= 0:
+        a, b = max(lo, 1e-3), min(hi, 1e3)
+        if not a < b:
+            raise LawError(f"parameter {p!r} has bounds {bound}, which leave no room for a start grid; "
+                           "widen them or give grid=")
+        values = np.geomspace(a, b, n) if a > 0 else np.linspace(a, b, n)
+        if np.isfinite(hi) and b == hi and n > 2:  # a start on the upper bound cannot move up
+            values = np.geomspace(a, b, n + 1)[:-1]
+    elif np.isfinite(lo) and np.isfinite(hi):
+        values = np.linspace(lo, hi, n + 2)[1:-1]
+    else:
+        values = np.linspace(max(lo, -2.0), min(hi, 2.0), n)
+    return [float(f"{v:.6g}") for v in values]
+
+
+def _vectorised(law: Law) -> Law:
+    """``law`` itself if its function takes arrays of parameter sets; else a law whose function
+    loops over parameter sets (or elements), with a warning. Refuses a function that fails even
+    on scalars."""
+    try:
+        _probe(law.func, law, batch=True)
+        return law
+    except (TypeError, ValueError) as err:
+        first = err
+    for wrap, how in ((_loop_parameter_sets, "one parameter set at a time"),
+                      (_loop_elements, "one element at a time")):
+        try:
+            _probe(wrap(law.func), law, batch=True)
+        except (TypeError, ValueError):
+            continue
+        warnings.warn(
+            f"law {law.name!r} does not take numpy arrays ({type(first).__name__}: {first}); it will be "
+            f"evaluated {how}, which is slow. Write it with numpy operations (np.exp, np.log, **) "
+            "instead of float(), int() or math.* to fit it fast", stacklevel=3)
+        return replace(law, func=wrap(law.func))
+    raise LawError(
+        f"law {law.name!r} cannot be evaluated at its start values ({type(first).__name__}: {first}); "
+        "it must accept numpy arrays for its inputs and parameters: use np.exp, np.log and ** "
+        "instead of math.* or float()") from None
+
+
+def _probe(func: Callable[..., Any], law: Law, batch: bool) -> None:
+    """Call ``func`` on 3 positive input values and 2 parameter sets taken from the start grid."""
+    gnames, G = law.start_grid()
+    start = {p: 1.0 for p in law.params} | dict(zip(gnames, G[0])) if G.size else {p: 1.0 for p in law.params}
+    kw = {p: np.array([[v], [v]]) if batch else v for p, v in start.items()}
+    with np.errstate(all="ignore"):
+        np.asarray(func(**{i: np.array([1.5, 2.0, 3.0]) for i in law.inputs}, **kw), dtype=float)
+
+
+def _loop_parameter_sets(func: Callable[..., Any]) -> Callable[..., np.ndarray]:
+    def looped(**kw: Any) -> np.ndarray:
+        arrays = {k: np.asarray(v, dtype=float) for k, v in kw.items()}
+        sets = max((a.shape[0] for a in arrays.values() if a.ndim == 2), default=0)
+        if not sets:
+            return np.asarray(func(**kw), dtype=float)
+        scalar = lambda a, b: float(a[b if a.shape[0] > 1 else 0, 0]) if a.ndim == 2 else a  # noqa: E731
+        return np.array([np.asarray(func(**{k: scalar(a, b) for k, a in arrays.items()}), dtype=float)
+                         for b in range(sets)])
+    looped.__wrapped__ = func
+    return looped
+
+
+def _loop_elements(func: Callable[..., Any]) -> Callable[..., np.ndarray]:
+    element = np.vectorize(lambda **kw: float(func(**kw)), otypes=[float])
+
+    def looped(**kw: Any) -> np.ndarray:
+        return element(**kw)
+    looped.__wrapped__ = func
+    return looped
 
 
 def from_lmfit_model(model: Any, name: str | None = None, **kwargs: Any) -> Law:
@@ -300,6 +452,10 @@ def _power_law_grad(x, s, c, alpha):
     xa = np.exp(-alpha * np.log(x))
     one = np.ones_like(xa * s)
     return np.stack(np.broadcast_arrays(one, xa * one, -c * xa * np.log(x)))
+
+
+def _power_law_rescale(k, s, c, alpha):
+    return {"s": s, "c": c * np.exp(-alpha * np.log(k["x"])), "alpha": alpha}
 
 
 def _kal_core(P, N, a, alpha, b, beta, rho):
@@ -412,6 +568,17 @@ def _chinchilla_grad(N, D, E, A, B, alpha, beta):
     return np.stack(np.broadcast_arrays(*parts))
 
 
+def _chinchilla_rescale(k, E, A, B, alpha, beta):
+    return {"E": E, "A": A * np.exp(-alpha * np.log(k["N"])), "B": B * np.exp(-beta * np.log(k["D"])),
+            "alpha": alpha, "beta": beta}
+
+
+def _kal_rescale(k, **params):
+    """(a/P)^alpha and (b/N)^beta are unchanged when P, N and the scales a, b are divided alike."""
+    return {p: v / k["P"] if p in ("a", "a_f") else v / k["N"] if p in ("b", "b_f") else v
+            for p, v in params.items()}
+
+
 def _epoch_grid() -> dict[str, list[float]]:
     """The 4,500-start grid of Hoffmann et al. / Besiroglu et al. (in a, b, e, alpha, beta)."""
     return {
@@ -445,6 +612,7 @@ register(Law(
     name="power_law", func=power_law, inputs=("x",), params=("s", "c", "alpha"),
     bounds={"alpha": (0.0, 10.0)}, grid={"alpha": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]},
     linear=("s", "c"), positive_inputs=("x",), outputs=("y",), grad=_power_law_grad,
+    rescale=_power_law_rescale,
     formula="y = s + c * x^(-alpha)", latex=r"y = s + c\,x^{-\alpha}",
 ))
 register(Law(
@@ -452,7 +620,7 @@ register(Law(
     params=("c", "s", "a", "alpha", "b", "beta", "rho"),
     bounds={"c": (0.0, _INF), **_KAL_BOUNDS}, grid=_KAL_GRID, linear=("c", "s"),
     log_params=("c", "a", "b"), positive_inputs=("P", "N"), outputs=("ft_loss",), gauge=("b",),
-    grad=_kalajdzievski_ft_grad,
+    grad=_kalajdzievski_ft_grad, rescale=_kal_rescale,
     formula="L_ft = c * ((a/P)^alpha + (b/N)^beta)^rho + s",
     latex=r"L_{ft} = c\left((a/P)^{\alpha} + (b/N)^{\beta}\right)^{\rho} + s",
 ))
@@ -461,7 +629,7 @@ register(Law(
     params=("c_f", "s_f", "a_f", "alpha_f", "b_f", "beta_f", "rho"),
     bounds={"c_f": (0.0, _INF), **_suffixed(_KAL_BOUNDS, "_f")}, grid=_suffixed(_KAL_GRID, "_f"),
     linear=("c_f", "s_f"), log_params=("c_f", "a_f", "b_f"), positive_inputs=("P", "N"),
-    outputs=("forget_loss",), grad=_kalajdzievski_forget_grad, gauge=("b_f",),
+    outputs=("forget_loss",), grad=_kalajdzievski_forget_grad, gauge=("b_f",), rescale=_kal_rescale,
     formula="L_f = s_f - c_f * ((a_f/P)^alpha_f + (b_f/N)^beta_f)^rho",
     latex=r"L_f = s_f - c_f\left((a_f/P)^{\alpha_f} + (b_f/N)^{\beta_f}\right)^{\rho}",
 ))
@@ -473,7 +641,7 @@ register(Law(
           "rho": [1.0, 3.0, 8.0], "a": [1e4], "b": [50.0], "a_f": [1e4], "b_f": [50.0]},
     linear=("c", "s", "c_f", "s_f"), log_params=("c", "a", "b", "c_f", "a_f", "b_f"),
     positive_inputs=("P", "N"), outputs=("ft_loss", "forget_loss"), grad=_kalajdzievski_joint_grad,
-    gauge=("b", "b_f"),
+    gauge=("b", "b_f"), rescale=_kal_rescale,
     formula="L_ft = c*((a/P)^alpha + (b/N)^beta)^rho + s;  "
             "L_f = s_f - c_f*((a_f/P)^alpha_f + (b_f/N)^beta_f)^rho  (rho shared)",
     latex=r"L_{ft} = c X_{ft}^{\rho} + s,\; L_f = s_f - c_f X_f^{\rho}",
@@ -481,8 +649,8 @@ register(Law(
 register(Law(
     name="chinchilla", func=chinchilla, inputs=("N", "D"), params=("E", "A", "B", "alpha", "beta"),
     bounds={"E": (0.0, _INF), "A": (0.0, _INF), "B": (0.0, _INF), "alpha": (0.0, 10.0), "beta": (0.0, 10.0)},
-    grid=_epoch_grid, linear=("E", "A", "B"), log_params=("E", "A", "B"),
-    positive_inputs=("N", "D"), outputs=("loss",), grad=_chinchilla_grad,
+    grid=_epoch_grid, linear=("E", "A", "B"), log_params=("A", "B"),
+    positive_inputs=("N", "D"), outputs=("loss",), grad=_chinchilla_grad, rescale=_chinchilla_rescale,
     formula="L = E + A / N^alpha + B / D^beta",
     latex=r"L = E + \frac{A}{N^{\alpha}} + \frac{B}{D^{\beta}}",
 ))

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..errors import FitDataError
+
 __all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
            "bootstrap_params", "rank_colors", "save", "method_comparison", "cl_heatmap", "cl_metric_bars",
            "connectivity_curves", "sharpness_curves", "loss_surface", "sharpness_scatter", "OKABE_ITO", "LABELS",
@@ -63,9 +65,7 @@ def forgetting_vs_ft(df: pd.DataFrame, fit=None, ax=None, x: str = "ft_loss", y:
         grid = np.linspace(df[x].min(), df[x].max(), 200)
         (name,) = fit.law.inputs
         ax.plot(grid, fit.predict(**{name: grid}), "k-", lw=1.5, label="fit", zorder=4)
-        if fit.draws.size:
-            lo, hi = fit.predict_interval(fit.ci_level, **{name: grid})
-            ax.fill_between(grid, lo, hi, color="0.6", alpha=0.35, lw=0, label=f"{fit.ci_level:.0%} CI")
+        _bands(ax, fit, grid, {name: grid})
         p = fit.params
         eq = f"$L_f = {p['s']:.3f} - {p['c']:.3f}\\,L_{{ft}}$" if "c" in p and "s" in p else fit.law_name
         ax.text(0.03, 0.04, f"{eq}\n$R^2$ = {fit.metrics['r2']:.3f}", transform=ax.transAxes,
@@ -74,6 +74,18 @@ def forgetting_vs_ft(df: pd.DataFrame, fit=None, ax=None, x: str = "ft_loss", y:
     ax.set_ylabel(LABELS.get(y, y))
     ax.legend(loc="upper right", ncols=2)
     return ax
+
+
+def _bands(ax, fit, x: np.ndarray, inputs: dict) -> None:
+    """The prediction interval (new measurements, light) and the confidence band (the mean line,
+    dark) of ``fit`` along ``x``; nothing where the fit has no intervals."""
+    for method, color, what in (("prediction_interval", "0.85", "prediction interval"),
+                                ("confidence_band", "0.55", "band of the mean")):
+        try:
+            lo, hi = getattr(fit, method)(**inputs)
+        except FitDataError:
+            continue
+        ax.fill_between(x, lo, hi, color=color, alpha=0.6, lw=0, label=f"{fit.ci_level:.0%} {what}")
 
 
 def trajectories(df: pd.DataFrame, fit=None, metric: str = "ft_loss", ax=None, log_steps: bool = True,
@@ -162,17 +174,35 @@ def extrapolation(fit, df: pd.DataFrame, held_out: np.ndarray, metric: str | Non
     obs = df[metric].to_numpy(float)
     ax.scatter(pred[~held_out], obs[~held_out], s=10, color="0.65", label="fitted on")
     colors = rank_colors(df["rank"])
+    interval = _held_interval(fit, df[held_out], cols, metric)
     for rank in sorted(df.loc[held_out, "rank"].unique()):
         m = held_out & (df["rank"] == rank).to_numpy()
         ax.scatter(pred[m], obs[m], s=18, color=colors[int(rank)], label=f"held out, r = {rank}", zorder=3)
+        if interval is not None:
+            k = m[held_out]
+            ax.vlines(pred[m], interval[0][k], interval[1][k], color=colors[int(rank)], lw=0.8, alpha=0.6)
     lo, hi = np.nanmin([pred.min(), obs.min()]), np.nanmax([pred.max(), obs.max()])
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     are = np.mean(np.abs(pred[held_out] - obs[held_out]) / np.abs(obs[held_out])) if held_out.any() else np.nan
-    ax.set_title(f"{fit.law_name}: held-out ARE = {are:.2%}", fontsize=10)
+    title = f"{fit.law_name}: held-out ARE = {are:.2%}"
+    if interval is not None:
+        inside = (interval[0] <= obs[held_out]) & (obs[held_out] <= interval[1])
+        title += f"\nbars: {fit.ci_level:.0%} prediction interval, covers {inside.sum()} of {inside.size}"
+    ax.set_title(title, fontsize=9)
     ax.set_xlabel(f"predicted {metric}")
     ax.set_ylabel(f"measured {metric}")
     ax.legend()
     return ax
+
+
+def _held_interval(fit, held: pd.DataFrame, cols: dict, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prediction interval at the held-out rows (for ``metric``), or None without one."""
+    try:
+        lo, hi = fit.prediction_interval(**{k: held[c].to_numpy(float) for k, c in cols.items()})
+    except FitDataError:
+        return None
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    return (lo[_output_index(fit, metric)], hi[_output_index(fit, metric)]) if lo.ndim == 2 else (lo, hi)
 
 
 def residuals(fit, ax=None, against: str | None = None):

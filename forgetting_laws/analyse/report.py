@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fit import FitResult
-from .standard import FIGURES, STANDARD_FITS, verdict
+from .fit_report import verdict
+from .result import FitResult
+from .standard import FIGURES, STANDARD_FITS
 
 __all__ = ["write_report", "runs_table"]
 
@@ -47,20 +48,58 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def _param_row(res: FitResult, p: str, v: float) -> str:
+    if p in res.unidentified:
+        return (f"<tr><td>{html.escape(p)}</td><td colspan='4' class='warn'>not identified: "
+                f"{html.escape(res.unidentified[p])}</td></tr>")
+    lo, hi = res.ci[p]
+    return (f"<tr><td>{html.escape(p)}</td><td>{v:.6g}</td><td>{res.stderr.get(p, float('nan')):.3g}</td>"
+            f"<td>{lo:.6g}</td><td>{hi:.6g}</td></tr>")
+
+
 def _fit_section(name: str, res: FitResult) -> str:
     desc = STANDARD_FITS[name].description if name in STANDARD_FITS else ""
-    rows = "".join(
-        f"<tr><td>{html.escape(p)}</td><td>{v:.6g}</td><td>{res.stderr.get(p, float('nan')):.3g}</td>"
-        f"<td>{res.ci[p][0]:.6g}</td><td>{res.ci[p][1]:.6g}</td></tr>" for p, v in res.params.items())
+    rows = "".join(_param_row(res, p, v) for p, v in res.params.items())
     m = res.metrics
     metrics = ", ".join(f"{k} = {m[k]:.4g}" for k in ("r2", "rmse", "aic", "bic", "n") if k in m)
     warns = "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in res.warnings)
     return (f"<h3>{html.escape(name)}</h3><p>{html.escape(desc)}</p>"
             f"<p class='verdict'>{html.escape(verdict(res))}</p>"
+            f"<p>Intervals: {html.escape(res.interval_method)} ({html.escape(res.interval_note)}).</p>"
             f"<table><tr><th>parameter</th><th>value</th><th>stderr</th>"
-            f"<th>{res.ci_level:.0%} CI low</th><th>high</th></tr>{rows}</table>"
+            f"<th>{res.ci_level:.0%} low</th><th>high</th></tr>{rows}</table>"
             f"<p>{metrics}</p>{'<ul>' + warns + '</ul>' if warns else ''}"
             f"<details><summary>full fit report</summary><pre>{html.escape(res.report())}</pre></details>")
+
+
+def _law_test_section(fits: dict) -> str:
+    test = getattr(fits, "law_test", None)
+    if test is None:
+        note = getattr(fits, "law_test_note", "")
+        return f"<h3>The inverse-linear law against its alternatives</h3><p>Not tested: {html.escape(note)}</p>" if note else ""
+    rows = "".join(f"<tr><td>{html.escape(a.name)}</td><td>{html.escape(a.formula)}</td><td>{a.n_params}</td>"
+                   f"<td>{a.aic - test.null_aic:+.1f}</td><td>F({a.df[0]}, {a.df[1]}) = {a.f:.3g}</td>"
+                   f"<td>{a.p_value:.2g}</td></tr>" for a in test.alternatives)
+    slopes = ", ".join(f"{html.escape(k)}: {v:.3g}" for k, v in test.per_run_slopes.items())
+    return (f"<h3>The inverse-linear law against its alternatives</h3>"
+            f"<p class='verdict'>{html.escape(test.answer)}</p>"
+            f"<p>Least squares: c = {test.ols['c']:.4g}, s = {test.ols['s']:.4g}; Huber on log residuals: "
+            f"c = {test.huber['c']:.4g}, s = {test.huber['s']:.4g}. Per-run slopes: {slopes}.</p>"
+            f"<table><tr><th>alternative</th><th>formula</th><th>parameters</th><th>AIC minus the law's</th>"
+            f"<th>F test against the law</th><th>p</th></tr>{rows}</table>")
+
+
+def _skipped_section(fits: dict) -> str:
+    skipped = getattr(fits, "skipped", {})
+    if not skipped:
+        return ""
+    items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(why)}</li>" for n, why in skipped.items())
+    return f"<h3>Laws not fitted</h3><ul class='warn'>{items}</ul>"
+
+
+def _policy(fits: dict) -> str:
+    policy = getattr(fits, "policy", None) or next((r.policy for r in fits.values()), None)
+    return policy.describe() if policy else "(no fits)"
 
 
 def write_report(df: pd.DataFrame, fits: dict[str, FitResult], figures: dict[str, list[Path]],
@@ -81,7 +120,8 @@ def write_report(df: pd.DataFrame, fits: dict[str, FitResult], figures: dict[str
         f"{html.escape(str(df['reference'].iloc[0]))}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
         f"<h2>Settings (first run)</h2><table>{settings}</table>"
         f"<h2>Runs</h2>{runs_table(df).to_html(float_format=lambda v: f'{v:.4g}')}"
-        f"<h2>Fitted laws</h2>{''.join(_fit_section(n, r) for n, r in fits.items())}"
+        f"<h2>Fitted laws</h2><p>Analysis policy: {html.escape(_policy(fits))}.</p>"
+        f"{''.join(_fit_section(n, r) for n, r in fits.items())}{_law_test_section(fits)}{_skipped_section(fits)}"
         f"<h2>Figures</h2>{figs}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>forgetting-laws report"

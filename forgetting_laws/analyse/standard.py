@@ -3,10 +3,14 @@
 Used by the CLI (``fit``, ``figures``, ``report``, ``demo``), the ``analysis/`` scripts and
 the notebooks, so each figure and fit is defined once.
 
+Every fit follows one analysis policy (:data:`~forgetting_laws.analyse.policy.DEFAULT_POLICY`
+unless one is given). A law that cannot be fitted to a sweep (too few runs, say) is skipped, its
+reason kept in ``fits.skipped``, and the figures that need it are left out.
+
 Example
 -------
->>> fits = fit_sweep(load_runs("demo-out/runs"), bootstrap=200)   # doctest: +SKIP
->>> fits["inverse_linear"].params                                  # doctest: +SKIP
+>>> fits = fit_sweep(load_runs("demo-out/runs"))        # doctest: +SKIP
+>>> fits["inverse_linear"].params, fits.skipped          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,10 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .fit import FitResult, fit, holdout_mask
+from ..errors import FitDataError
+from .alternatives import LawTest, holdout_baselines, inverse_linear_alternatives
+from .fit import fit, holdout_mask
+from .fit_report import verdict
+from .laws import LawError
+from .policy import DEFAULT_POLICY, AnalysisPolicy
+from .result import FitResult
 
-__all__ = ["StandardFit", "STANDARD_FITS", "fit_sweep", "write_figures", "verdict", "FIGURES", "Figure",
-           "figure_script"]
+__all__ = ["StandardFit", "STANDARD_FITS", "SweepFits", "fit_sweep", "write_figures", "verdict", "FIGURES",
+           "Figure", "figure_script"]
 
 PN = {"P": "trainable_params", "N": "step"}
 
@@ -53,35 +63,46 @@ STANDARD_FITS: dict[str, StandardFit] = {
 }
 
 
-def fit_sweep(df: pd.DataFrame, bootstrap: int = 200, min_step: int = 1, seed: int = 0,
-              names: list[str] | None = None, n_jobs: int = 1) -> dict[str, FitResult]:
-    """Fit the standard laws to a sweep's rows (steps below ``min_step`` left out).
+class SweepFits(dict):
+    """Name -> :class:`FitResult` of the standard fits of a sweep, with the ``policy`` they follow;
+    in ``skipped``, name -> the reason for each law that could not be fitted; in ``law_test``, the
+    inverse-linear law tested against its alternatives (None, with ``law_test_note``, when it could
+    not be)."""
 
-    Step 0 is left out by default: at N = 0 the power laws in N are infinite. A law that cannot
-    be fitted to these rows (too few points, say) is skipped with its reason in ``skipped``.
+    def __init__(self, policy: AnalysisPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+        self.skipped: dict[str, str] = {}
+        self.law_test: LawTest | None = None
+        self.law_test_note = ""
+
+
+def fit_sweep(df: pd.DataFrame, policy: AnalysisPolicy | None = None, names: list[str] | None = None,
+              **overrides: Any) -> SweepFits:
+    """Fit the standard laws to a sweep's rows under ``policy`` (``overrides``: policy fields).
+
+    A law that cannot be fitted to these rows (too few points, say) is skipped, with its reason
+    in the result's ``skipped``; the others are fitted as usual. Held-out predictions are put
+    beside simple baselines (:func:`~forgetting_laws.analyse.alternatives.holdout_baselines`), and
+    the inverse-linear law is tested against its alternatives.
     """
-    fits: dict[str, FitResult] = {}
+    policy = (policy or DEFAULT_POLICY).updated(**overrides)
+    fits = SweepFits(policy)
     for name in list(STANDARD_FITS) if names is None else names:
         s = STANDARD_FITS[name]
-        fits[name] = fit(df, s.law, x=s.x, y=s.y, bootstrap=bootstrap, holdout=s.holdout,
-                         min_step=min_step, seed=seed, n_jobs=n_jobs)
+        try:
+            fits[name] = fit(df, s.law, x=s.x, y=s.y, policy=policy, holdout=s.holdout)
+        except (FitDataError, LawError) as err:
+            fits.skipped[name] = str(err)
+            continue
+        if s.holdout:
+            holdout_baselines(df, fits[name])
+    if "inverse_linear" in fits:
+        try:
+            fits.law_test = inverse_linear_alternatives(df, policy)
+        except FitDataError as err:
+            fits.law_test_note = str(err)
     return fits
-
-
-def verdict(res: FitResult) -> str:
-    """A plain-language judgement of a fit's quality, for reports."""
-    r2 = res.metrics.get("r2", float("nan"))
-    words = ("fits well" if r2 >= 0.97 else "fits acceptably" if r2 >= 0.9 else
-             "fits poorly" if r2 >= 0.5 else "does not describe these data")
-    text = f"R² = {r2:.3f}: the law {words}."
-    held = res.metrics.get("holdout")
-    if held:
-        text += f" On held-out points ({held.get('spec')}) its mean absolute relative error is {held['are']:.2%}."
-    unidentified = [w for w in res.warnings if "not separately identifiable" in w or "not identified" in w]
-    if unidentified:
-        text += (f" {len(unidentified)} parameter warning(s): these data do not pin down the individual "
-                 "parameters, so read the law's predictions, not its parameter values.")
-    return text
 
 
 def _held_mask(df: pd.DataFrame, res: FitResult, min_step: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -152,18 +173,29 @@ def _has_downstream(df: pd.DataFrame, kinds: tuple[str, ...] = ("acc", "agree"))
     return bool(downstream_columns(df, kinds))
 
 
+def _has_draws(name: str) -> Any:
+    return lambda df, fits: fits[name].draws.size > 0
+
+
 @dataclass(frozen=True)
 class Figure:
-    """A figure of the standard set: its builder, caption, the fits it draws on and, when it
-    needs columns only some sweeps record, ``when(df)``: whether ``df`` has them."""
+    """A figure of the standard set: its builder, caption, the fits it draws on (``needs``: all of
+    them; ``uses``: any of them) and, when it needs what only some sweeps have, ``when(df, fits)``."""
 
     build: Any
     caption: str
-    needs: tuple[str, ...]
+    needs: tuple[str, ...] = ()
     when: Any = None
+    uses: tuple[str, ...] = ()
 
     def available(self, df: pd.DataFrame, fits: dict) -> bool:
-        return all(n in fits for n in self.needs) and (self.when is None or self.when(df))
+        return (all(n in fits for n in self.needs) and (not self.uses or any(n in fits for n in self.uses))
+                and (self.when is None or self.when(df, fits)))
+
+    def missing(self, fits: dict) -> list[str]:
+        """The fits this figure needs that ``fits`` lacks."""
+        return [n for n in self.needs if n not in fits] or ([] if any(n in fits for n in self.uses) else
+                                                             list(self.uses))
 
 
 FIGURES: dict[str, Figure] = {
@@ -180,23 +212,27 @@ FIGURES: dict[str, Figure] = {
     "holdout_step": Figure(figure_holdout_step, "L_f(P, N) fitted on early steps, predicting the last 30%.",
                            ("kalajdzievski_forget@step:last:0.3",)),
     "residuals": Figure(figure_residuals, "Residuals of each law against its fitted values.",
-                        ("inverse_linear", "kalajdzievski_ft", "kalajdzievski_forget")),
-    "bootstrap_exponents": Figure(figure_bootstrap, "Bootstrap distributions of the L_f(P, N) exponents.",
-                                  ("kalajdzievski_forget",)),
+                        uses=("inverse_linear", "kalajdzievski_ft", "kalajdzievski_forget")),
+    "bootstrap_exponents": Figure(figure_bootstrap, "Bootstrap distributions of the L_f(P, N) exponents "
+                                  "(drawn when the sweep has runs enough for a cluster bootstrap).",
+                                  ("kalajdzievski_forget",), _has_draws("kalajdzievski_forget")),
     "downstream_over_steps": Figure(figure_downstream, "lm-evaluation-harness probes over steps by rank: "
                                     "accuracy against the gold answers, agreement with the base model's "
-                                    "answers, refusal rate and base refusals lost.", (), _has_downstream),
+                                    "answers, refusal rate and base refusals lost.", (),
+                                    lambda df, fits: _has_downstream(df)),
     "agreement_vs_forgetting": Figure(figure_agreement, "Agreement with the base model's answers against "
                                       "the forgetting loss L_f, by rank.", (),
-                                      lambda df: _has_downstream(df, ("agree",))),
+                                      lambda df, fits: _has_downstream(df, ("agree",))),
 }
 
 
 def write_figures(df: pd.DataFrame, fits: dict[str, FitResult], out_dir: str | Path,
-                  min_step: int = 1, formats: tuple[str, ...] = ("png", "pdf")) -> dict[str, list[Path]]:
-    """Draw every figure whose fits exist and save it as PNG and PDF under ``out_dir``."""
+                  formats: tuple[str, ...] = ("png", "pdf")) -> dict[str, list[Path]]:
+    """Draw every figure whose fits exist and save it as PNG and PDF under ``out_dir``; rows below the
+    fits' ``min_step`` are drawn as not fitted."""
     from .plots import save
 
+    min_step = getattr(fits, "policy", DEFAULT_POLICY).min_step
     written = {}
     for name, figure in FIGURES.items():
         if figure.available(df, fits):
@@ -209,19 +245,22 @@ def figure_script(name: str, argv: list[str] | None = None) -> list[Path]:
     import argparse
 
     from ..store import load_runs
+    from .policy import add_policy_arguments, policy_from_args
 
     parser = argparse.ArgumentParser(description=f"Regenerate {name}: {FIGURES[name].caption}")
     parser.add_argument("runs_dir", help="RUNS_DIR of a sweep (or a .parquet file)")
     parser.add_argument("--out", "-o", default="figures", help="output folder (default: figures)")
-    parser.add_argument("--bootstrap", type=int, default=200)
-    parser.add_argument("--min-step", type=int, default=1)
+    add_policy_arguments(parser)
     args = parser.parse_args(argv)
     df = load_runs(args.runs_dir)
-    fits = fit_sweep(df, args.bootstrap, args.min_step, names=list(FIGURES[name].needs))
-    if not FIGURES[name].available(df, fits):
-        raise SystemExit(f"{args.runs_dir} lacks the columns of {name}; its sweep needs [probe.lm_eval] / [probe.refusal]")
+    figure = FIGURES[name]
+    fits = fit_sweep(df, policy_from_args(args), names=list(figure.needs or figure.uses))
+    if not figure.available(df, fits):
+        why = "; ".join(f"{n}: {fits.skipped[n]}" for n in figure.missing(fits) if n in fits.skipped)
+        raise SystemExit(f"{args.runs_dir} cannot give {name}: " + (why or "its sweep lacks what it draws "
+                         "([probe.lm_eval] / [probe.refusal] columns, or runs enough for a bootstrap)"))
     from .plots import save
 
-    paths = save(FIGURES[name].build(df, fits, args.min_step), Path(args.out) / name)
+    paths = save(figure.build(df, fits, fits.policy.min_step), Path(args.out) / name)
     print("\n".join(map(str, paths)))
     return paths
