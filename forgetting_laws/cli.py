@@ -442,6 +442,64 @@ def _common_fit_options(p) -> None:
     add_policy_arguments(p)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Predict gain, forgetting and cost over ranks x steps from a pilot; recommend; optionally verify."""
+    from .analyse.plan import plan
+    from .analyse.plots import save
+    from .analyse.policy import policy_from_args
+    from .measure.verify import gpu_cost, verify
+    from .store import load_runs
+
+    runs = Path(args.runs_dir)
+    p = plan(load_runs(runs), ranks=args.ranks, steps=args.steps, target_ft=args.target_ft,
+             max_forgetting=args.max_forgetting, max_steps=args.max_steps,
+             max_cpu_s=None if args.max_cpu_hours is None else 3600 * args.max_cpu_hours,
+             max_extrapolation=args.max_extrapolation, policy=policy_from_args(args),
+             cost=gpu_cost(runs, tuple(args.gpu), args.mfu))
+    print(p.report())
+    out = Path(args.out) if args.out else runs / "_plans"
+    out.mkdir(parents=True, exist_ok=True)
+    p.candidates.to_csv(out / "candidates.csv", index=False)
+    paths = save(p.plot(), out / "plan")
+    print(f"candidates: {out / 'candidates.csv'}; figure: {paths[0]}")
+    if args.verify:
+        rec = verify(p, runs, progress=not args.quiet)
+        for name in ("ft", "forget"):
+            v = rec[name]
+            print(f"verify {name}: predicted {v['predicted']:.4f} [{v['lo']:.4f}, {v['hi']:.4f}], measured "
+                  f"{v['measured']:.4f}: {'inside' if v['covered'] else 'OUTSIDE'} the interval "
+                  f"(error {v['relative_error']:+.2%})")
+        print(f"recorded in {runs / '_plans' / 'verifications.jsonl'}")
+    return 0
+
+
+def _add_plan(sub) -> None:
+    from .analyse.policy import add_policy_arguments
+
+    p = sub.add_parser("plan", help="predict forgetting and gain for any rank and steps from a pilot sweep; "
+                                    "recommend a setting; --verify runs it")
+    p.add_argument("runs_dir", help="RUNS_DIR of a pilot sweep (one model and method), e.g. of the built-in 'pilot'")
+    p.add_argument("--target-ft", type=float, help="the fine-tuning loss to reach: recommend the setting predicted "
+                                                   "to reach it with the least forgetting")
+    p.add_argument("--max-forgetting", type=float, help="ceiling on the rise of L_f over the base model, at the "
+                                                        "upper end of its prediction interval")
+    p.add_argument("--max-steps", type=int, help="budget of update steps")
+    p.add_argument("--max-cpu-hours", type=float, help="budget of CPU hours (from the pilot's measured step times)")
+    p.add_argument("--ranks", type=int, nargs="+", help="candidate ranks (default: the pilot's, 2x and 4x its largest)")
+    p.add_argument("--steps", type=int, nargs="+", help="candidate step counts (default: the pilot's last three, "
+                                                        "2x and 4x its longest)")
+    p.add_argument("--max-extrapolation", type=float, default=1.0, help="never recommend a candidate more decades "
+                                                                        "than this beyond the pilot's P or N")
+    p.add_argument("--gpu", nargs="+", default=["a100", "h100"], help="GPUs of the cost columns")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation of the GPU-hours")
+    p.add_argument("--out", "-o", help="folder for candidates.csv and the figure (default: RUNS_DIR/_plans)")
+    p.add_argument("--verify", action="store_true", help="run the recommendation with the pilot's spec and check "
+                                                         "the measured losses against the intervals")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_policy_arguments(p)
+    p.set_defaults(func=cmd_plan)
+
+
 def _set_option(p) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override a spec field (repeatable), validated like the file and recorded in each run's "
@@ -484,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tasks(sub)
     _add_continual(sub)
     _add_landscape(sub)
+    _add_plan(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from ..errors import FitDataError
 
 __all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
            "bootstrap_params", "rank_colors", "save", "method_comparison", "cl_heatmap", "cl_metric_bars",
-           "connectivity_curves", "sharpness_curves", "loss_surface", "sharpness_scatter", "OKABE_ITO", "LABELS",
+           "connectivity_curves", "sharpness_curves", "loss_surface", "sharpness_scatter", "plan_figure", "OKABE_ITO", "LABELS",
            "downstream_columns", "downstream_over_steps", "agreement_vs_forgetting"]
 
 #: Okabe & Ito's colour-blind-safe palette.
@@ -468,3 +468,45 @@ def sharpness_scatter(table: pd.DataFrame, corr: dict | None = None, x: str = "e
     ax.set_ylabel(LABELS.get(y, "forgetting: rise of $L_f$" if y == "forgetting" else y))
     ax.legend(fontsize=7)
     return ax
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_figure(plan, axes=None):
+    """Two panels of a :class:`~forgetting_laws.analyse.plan.Plan`: the candidates' gain against
+    forgetting (prediction intervals as whiskers, the Pareto front joined, the recommendation
+    starred), and the candidates on the (P, N) plane coloured by predicted forgetting, with the
+    pilot's measured region drawn as a box."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), layout="constrained")
+    ax, bx = axes
+    c = plan.candidates
+    ok = c[c.supported]
+    base = plan.base["forget_loss"]
+    ax.errorbar(ok.gain, ok.forgetting, yerr=[ok.forget_loss - ok.forget_lo, ok.forget_hi - ok.forget_loss],
+                fmt="o", ms=4, color="0.55", elinewidth=0.8, label="candidates (prediction intervals)")
+    ax.plot(plan.front.gain, plan.front.forgetting, "-", color=OKABE_ITO[0], lw=1.5, label="Pareto front")
+    rec = plan.recommended
+    if rec is not None:
+        ax.plot(rec["gain"], rec["forgetting"], "*", ms=16, color=OKABE_ITO[3],
+                label=f"recommended: rank {int(rec['rank'])}, {int(rec['steps'])} steps")
+    ax.set_xlabel(r"fine-tuning gain $L_{ft}(0) - L_{ft}$")
+    ax.set_ylabel(r"forgetting $L_f - L_f(0)$")
+    ax.legend(fontsize=8)
+    sc = bx.scatter(c.P, c.steps, c=c.forget_loss, cmap="cividis", s=60, edgecolor="k",
+                    marker="o", label="supported candidates")
+    if (~c.supported).any():
+        bx.scatter(c.P[~c.supported], c.steps[~c.supported], s=80, marker="x", color=OKABE_ITO[3],
+                   label="beyond the pilot's support")
+    (p0, p1), (n0, n1) = plan.measured["P"], plan.measured["N"]
+    bx.add_patch(plt.Rectangle((p0, n0), p1 - p0, n1 - n0, fill=False, ls="--", color="k", label="measured region"))
+    if rec is not None:
+        bx.plot(rec["P"], rec["steps"], "*", ms=18, color=OKABE_ITO[3])
+    bx.figure.colorbar(sc, ax=bx, label=f"predicted $L_f$ (base {base:.3f})")
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    bx.set_xlabel(LABELS["trainable_params"])
+    bx.set_ylabel(LABELS["step"])
+    bx.legend(fontsize=7, loc="lower right")
+    return axes

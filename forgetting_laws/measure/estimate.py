@@ -79,6 +79,7 @@ class ModelShape:
 
 #: Shapes of the models the shipped GPU specs name, so their dry-runs need no download.
 KNOWN_SHAPES: dict[str, ModelShape] = {
+    "smollm2-135m": ModelShape(30, 576, 1536, 49152, 9, 3, tied=True),  # the embedded default
     "meta-llama/Llama-2-7b-chat-hf": ModelShape(32, 4096, 11008, 32000, 32, 32),
     "meta-llama/Llama-2-7b-hf": ModelShape(32, 4096, 11008, 32000, 32, 32),
     "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(24, 896, 4864, 151936, 14, 2, tied=True),
