@@ -26,7 +26,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "load_runs", "write_rows", "write_table", "sidecar_path", "adapter_path", "write_json", "read_json", "read_meta",
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "load_runs", "write_rows", "write_table", "sidecar_path", "adapter_path",
+           "read_sidecars", "write_json", "read_json", "read_meta",
            "read_rows", "run_status", "run_lock", "move_aside", "SchemaError", "CorruptFile", "RunLocked",
            "COMPLETE"]
 
@@ -148,6 +149,22 @@ def move_aside(path: Path, runs_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(path), str(target))
     return target
+
+
+def read_sidecars(runs_dir: Path) -> dict[str, dict]:
+    """run_id -> sidecar of every run in ``runs_dir`` (``_meta/*.json``, and the older ``*.json``);
+    a sidecar that does not read back is skipped with a warning naming it."""
+    runs_dir = Path(runs_dir)
+    out = {}
+    for path in sorted([*runs_dir.glob("_meta/*.json"), *runs_dir.glob("*.json")]):
+        try:
+            meta = read_meta(path)
+        except CorruptFile as exc:
+            warnings.warn(f"skipped {exc}", stacklevel=2)
+            continue
+        if meta and "run_id" in meta:
+            out.setdefault(meta["run_id"], meta)
+    return out
 
 
 def run_status(runs_dir: Path, run_id: str, repair: bool = False) -> str | None:

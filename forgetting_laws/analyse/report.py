@@ -40,8 +40,10 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _settings(runs_dir: Path) -> dict:
-    metas = sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []
-    return json.loads(metas[0].read_text()) if metas else {}
+    from ..store import read_sidecars
+
+    metas = read_sidecars(runs_dir) if runs_dir.is_dir() else {}
+    return next(iter(metas.values()), {})
 
 
 def _img(path: Path) -> str:
