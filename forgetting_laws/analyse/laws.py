@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..registry import Registry
+
 __all__ = [
     "Law",
     "LawError",
@@ -172,7 +174,11 @@ def _check_law_fields(law: Law) -> None:
             raise LawError(f"law {law.name!r}: log parameter {p!r} needs a lower bound >= 0, got {law.bound(p)}")
 
 
-_REGISTRY: dict[str, Law] = {}
+def _same_law(old: Law, new: Law) -> bool:
+    return _definition(old) == _definition(new)
+
+
+LAWS: Registry[Law] = Registry("law", same=_same_law)
 
 
 def register(law: Law) -> Law:
@@ -186,15 +192,14 @@ def register(law: Law) -> Law:
     LawError
         If a *different* law is already registered under that name.
     """
-    old = _REGISTRY.get(law.name)
-    if old is not None and _definition(old) != _definition(law):
+    try:
+        return LAWS.register(law.name, law)
+    except ValueError:
         raise LawError(
             f"law {law.name!r} is already registered with a different definition "
-            f"({_difference(old, law)}); pick another name "
-            f"(registered laws: {', '.join(sorted(_REGISTRY))})"
-        )
-    _REGISTRY[law.name] = law
-    return law
+            f"({_difference(LAWS[law.name], law)}); pick another name "
+            f"(registered laws: {', '.join(LAWS.names())})"
+        ) from None
 
 
 def _code(func: Any) -> tuple:
@@ -234,18 +239,17 @@ def get(name: str | Law) -> Law:
     """
     if isinstance(name, Law):
         return name
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
+    if not isinstance(name, str) or name not in LAWS:
         raise LawError(
-            f"law {name!r} is not registered; known laws: {', '.join(sorted(_REGISTRY))} "
+            f"law {name!r} is not registered; known laws: {', '.join(LAWS.names())} "
             "(add your own with laws.register(laws.from_function(...)))"
-        ) from None
+        )
+    return LAWS[name]
 
 
 def names() -> list[str]:
     """Return the names of the registered laws, sorted."""
-    return sorted(_REGISTRY)
+    return LAWS.names()
 
 
 def from_function(
