@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 OUT    ?= demo-out
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench api clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+api: $(STAMP)
+	$(PY) -m pdoc forgetting_laws forgetting_laws.analyse forgetting_laws.measure forgetting_laws.store forgetting_laws.registry \
+		-o docs/api --docformat numpy
+	@echo "API reference: docs/api/index.html"
+
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache docs/api

@@ -75,3 +75,25 @@ def test_a_runs_folder_is_one_table_to_pandas_polars_and_duckdb(tiny_spec_file, 
         assert len(frame) == 6 and set(frame.method) == {"lora", "sam"}, name
         assert frame.loc[frame.method == "sam", "sam_rho"].notna().all(), name
         assert frame.loc[frame.method == "lora", "sam_rho"].isna().all(), name
+
+
+def test_the_public_api_is_one_import_and_does_not_import_torch():
+    code = ("import sys, forgetting_laws as fl\n"
+            "assert 'torch' not in sys.modules\n"
+            "df = fl.load_runs('examples/demo-runs')\n"
+            "res = fl.fit(df, 'inverse_linear', x={'L_ft': 'ft_loss'}, y='forget_loss', bootstrap=0)\n"
+            "assert isinstance(res, fl.FitResult) and 'inverse_linear' in fl.laws.names()\n"
+            "assert callable(fl.plots.forgetting_vs_ft) and callable(fl.plan)\n"
+            "assert 'torch' not in sys.modules, 'the analysing API imported torch'\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (REPO / "forgetting_laws" / "py.typed").exists()
+
+
+def test_the_api_reference_builds_from_the_docstrings(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pdoc", "forgetting_laws", "forgetting_laws.analyse",
+                           "forgetting_laws.measure", "forgetting_laws.store", "-o", str(tmp_path), "--docformat",
+                           "numpy"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "forgetting_laws" / "analyse" / "fit.html").exists()
+    assert "prediction_interval" in (tmp_path / "forgetting_laws" / "analyse" / "result.html").read_text()

@@ -72,7 +72,7 @@ class Method(ABC):
         """Wrap the base ``model`` with the trainable adapter(s); return the model to train."""
 
     @abstractmethod
-    def build_trainer(self, **trainer_kwargs: Any) -> "Trainer":
+    def build_trainer(self, **trainer_kwargs: Any) -> Any:
         """A ``transformers.Trainer`` (or subclass) built with ``trainer_kwargs``."""
 
     def train_batch_size(self) -> int:
