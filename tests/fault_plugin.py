@@ -37,8 +37,8 @@ def write_json(path, obj):
         _kill()
 
 
-def write_rows(path, rows):
-    _write_rows(path, rows)
+def write_rows(path, rows, *args):
+    _write_rows(path, rows, *args)
     if FAULT == "kill-after-result" and Path(path).name != "rows.parquet":
         _kill()
 

@@ -74,7 +74,7 @@ def test_compiled_sweep_equals_eager_sweep_and_compiles_once(tiny_spec_file, tmp
         run_sweep(spec, tmp_path / mode, progress=False)
         graphs = counters["stats"]["unique_graphs"] - before
         tables[mode] = load_runs(tmp_path / mode).sort_values(["run_id", "step"]).reset_index(drop=True)
-        meta = [json.loads(p.read_text()) for p in (tmp_path / mode).glob("*.json")]
+        meta = [json.loads(p.read_text()) for p in (tmp_path / mode).glob("_meta/*.json")]
         assert {m["compiled"] for m in meta} == {mode == "true"}
     # shared by both ranks: the layer in training (the first layer's input needs no grad, the
     # others' does: two graphs) and under no_grad (the probes), and the loss

@@ -91,7 +91,7 @@ def test_a_failing_run_is_marked_failed_and_the_others_complete(reference, tmp_p
     out = tmp_path / "runs"
     failed = sweep_process(spec, out, "raise-rank:2")
     assert failed.returncode == 1 and "injected fault" in failed.stdout + failed.stderr
-    metas = {p.stem: p.read_text() for p in out.glob("*.json")}
+    metas = {p.stem: p.read_text() for p in out.glob("_meta/*.json")}
     assert sum('"status": "failed"' in m for m in metas.values()) == 1
     assert sum('"status": "complete"' in m for m in metas.values()) == 1
     assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0  # the failed run is tried again
@@ -133,7 +133,7 @@ def test_a_garbage_sidecar_is_named_moved_aside_and_its_run_redone(reference, tm
     spec, ref_dir, ref = reference
     out = tmp_path / "runs"
     shutil.copytree(ref_dir, out)
-    victim = sorted(out.glob("*.json"))[0]
+    victim = sorted(out.glob("_meta/*.json"))[0]
     victim.write_text("{not json")
     with pytest.warns(UserWarning, match=f"{re.escape(victim.name)}: not a JSON document"):
         assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0

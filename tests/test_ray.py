@@ -60,7 +60,7 @@ def test_ray_sweep_gives_the_local_table(local_ray, tiny_spec_file, tmp_path):
     for col in VALUE_COLS:
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-6, err_msg=col)
     for run_id in a.run_id.unique():
-        assert json.loads((tmp_path / "ray" / f"{run_id}.json").read_text())["status"] == "complete"
+        assert json.loads((tmp_path / "ray" / "_meta" / f"{run_id}.json").read_text())["status"] == "complete"
     assert run_sweep(spec, tmp_path / "ray", executor="ray", progress=False) == []  # nothing left
 
 
@@ -85,7 +85,7 @@ def test_failing_run_is_retried_then_marked_failed_and_the_rest_complete(local_r
     assert outcomes[flaky.run_id]["status"] == "failed"
     assert "injected failure on attempt 3" in outcomes[flaky.run_id]["error"]
     assert len(attempts.read_text().splitlines()) == 3  # the first attempt + max_retries = 2
-    meta = json.loads((out / f"{flaky.run_id}.json").read_text())
+    meta = json.loads((out / "_meta" / f"{flaky.run_id}.json").read_text())
     assert meta["status"] == "failed" and meta["attempts"] == 3
     assert "RuntimeError: injected failure" in meta["traceback"]
     assert not (out / f"{flaky.run_id}.parquet").exists()

@@ -48,7 +48,7 @@ def test_pipeline_writes_schema_rows(tiny_spec_file, tmp_path):
     last = df[df.step == 12]
     assert (last.ft_loss.values < first.ft_loss.values).all()
     assert (last.forget_loss.values > first.forget_loss.values).all()
-    meta = json.loads((out / f"{df.run_id.iloc[0]}.json").read_text())
+    meta = json.loads((out / "_meta" / f"{df.run_id.iloc[0]}.json").read_text())
     assert meta["status"] == "complete" and meta["spec"]["lora"]["rank"] in (1, 4)
 
 
@@ -84,7 +84,7 @@ def test_diverged_run_is_marked_and_sweep_goes_on(tiny_spec_file, tmp_path):
     assert all(status[r.run_id] == "diverged" for r in diverged)
     assert all(status[r.run_id] == "complete" for r in spec.expand() if r.train.lr == 1e-2)
     for r in diverged:
-        meta = json.loads((tmp_path / f"{r.run_id}.json").read_text())
+        meta = json.loads((tmp_path / "_meta" / f"{r.run_id}.json").read_text())
         assert meta["status"] == "diverged"
         rows = pd.read_parquet(tmp_path / f"{r.run_id}.parquet")
         assert rows.step.iloc[0] == 0 and len(rows) >= 2

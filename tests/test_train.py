@@ -71,7 +71,7 @@ def test_torchrun_on_two_processes_gives_the_single_process_table(tiny_spec_file
     assert a.run_id.tolist() == b.run_id.tolist() and a.tokens_seen.tolist() == b.tokens_seen.tolist()
     for col in VALUE_COLS:
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-6, err_msg=col)
-    meta = __import__("json").loads((tmp_path / "ddp" / f"{a.run_id[0]}.json").read_text())
+    meta = __import__("json").loads((tmp_path / "ddp" / "_meta" / f"{a.run_id[0]}.json").read_text())
     assert meta["world_size"] == 2 and meta["status"] == "complete"
 
 
@@ -101,7 +101,7 @@ def test_a_bfloat16_run_saves_its_adapter_and_rows_like_a_float32_run(tiny_spec_
         rows = df[df.run_id == run_id]
         assert rows.step.tolist() == [0, 1, 2, 4] and rows[["ft_loss", "forget_loss"]].notna().all().all()
         assert set(rows.dtype) == {dtype} and set(rows.probe_precision) == {precision}
-        meta = json.loads((tmp_path / f"{run_id}.json").read_text())
+        meta = json.loads((tmp_path / "_meta" / f"{run_id}.json").read_text())
         assert meta["spec"]["model"]["dtype"] == dtype and meta["dtype"] == f"torch.{dtype}"
         weights = load_file(tmp_path / "adapters" / run_id / "adapter_model.safetensors")
         assert {t.dtype for t in weights.values()} == {torch.float32}  # the adapter stays in float32
