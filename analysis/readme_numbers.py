@@ -28,8 +28,9 @@ def demo(runs_dir: str, policy) -> None:
     fits = fit_sweep(df, policy)
     print(f"== {runs_dir}: {df.run_id.nunique()} runs; policy: {policy.describe()}")
     for name, res in fits.items():
-        params = ", ".join(f"{p} = {v:.4g} [{res.ci[p][0]:.4g}, {res.ci[p][1]:.4g}]" if p not in res.unidentified
-                           else f"{p}: not identified" for p, v in res.params.items())
+        params = ", ".join(f"{p} = {v:.4g} (held)" if p in res.law.gauge else f"{p}: not identified"
+                           if p in res.unidentified else f"{p} = {v:.4g} [{res.ci[p][0]:.4g}, {res.ci[p][1]:.4g}]"
+                           for p, v in res.params.items())
         print(f"\n-- {name} ({res.interval_method}): {params}\n   {verdict(res)}")
         held = res.metrics.get("holdout")
         if held and held.get("rise_are") is not None:

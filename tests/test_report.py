@@ -25,7 +25,7 @@ def runs_dir(tmp_path_factory):
 
 
 def test_figures_cli_writes_every_figure(runs_dir, tmp_path, capsys):
-    assert main(["figures", str(runs_dir), "-o", str(tmp_path), "--bootstrap", "20"]) == 0
+    assert main(["figures", str(runs_dir), "-o", str(tmp_path), "--bootstrap", "5"]) == 0
     for name in FIGURES:
         assert (tmp_path / f"{name}.png").stat().st_size > 5000, name
         assert (tmp_path / f"{name}.pdf").exists(), name
@@ -33,7 +33,7 @@ def test_figures_cli_writes_every_figure(runs_dir, tmp_path, capsys):
 
 def test_report_cli_is_self_contained(runs_dir, tmp_path, capsys):
     out = tmp_path / "report.html"
-    assert main(["report", str(runs_dir), "-o", str(out), "--bootstrap", "20"]) == 0
+    assert main(["report", str(runs_dir), "-o", str(out), "--bootstrap", "5"]) == 0
     text = out.read_text()
     assert text.count("data:image/png;base64,") == len(FIGURES)
     assert "src='http" not in text and 'src="http' not in text

@@ -135,17 +135,18 @@ def shifted_power() -> laws.Law:
 
 @pytest.mark.slow
 def test_bootstrap_intervals_cover_the_truth_when_the_optimum_sits_at_a_bound():
-    """y = E + A x^-alpha with E = 0: the optimum sits at the bound E = 0 in about half the seeds.
-    Over 50 seeds, the 95% intervals of E, A and alpha cover the truth 85-99% of the time."""
+    """y = E + A x^-alpha with E = 0 (5% noise, 30 points over three decades): the optimum sits on the
+    bound E = 0 in about half the seeds. Over 50 seeds the 95% intervals of A and alpha cover the
+    truth 85-99% of the time; E's, which reach the bound whenever the optimum is on it, at least 85%."""
     law, truth, hits = shifted_power(), {"E": 0.0, "A": 2.0, "alpha": 0.2}, []
     for seed in range(50):
-        x = np.geomspace(1, 100, 30)
+        x = np.geomspace(1, 1000, 30)
         y = 2.0 * x**-0.2 * (1 + 0.05 * np.random.default_rng(seed).standard_normal(x.size))
         res = fit_arrays(law, {"x": x}, y, bootstrap=100, seed=seed)
         hits.append([res.ci[p][0] <= v <= res.ci[p][1] for p, v in truth.items()])
-    coverage = np.mean(hits, axis=0)
-    print(f"coverage of 95% intervals (E, A, alpha) over 50 seeds: {coverage}")
-    assert np.all((0.85 <= coverage) & (coverage <= 0.99)), coverage
+    coverage = dict(zip(truth, np.mean(hits, axis=0)))
+    print(f"coverage of 95% intervals over 50 seeds: {coverage}")
+    assert all(0.85 <= coverage[p] <= 0.99 for p in ("A", "alpha")) and coverage["E"] >= 0.85, coverage
 
 
 @pytest.mark.slow

@@ -171,6 +171,6 @@ def _baseline_warnings(res: Any) -> list[str]:
 def _convergence_warnings(best: Solution) -> list[str]:
     if best.converged:
         return []
-    return [f"the optimiser did not converge: restarting it from its end point still lowers the objective "
-            f"(by {best.restart_gain:.3g}); the optimum may lie at infinity along a flat valley. Check the "
-            "parameters marked not identified"]
+    return [f"the optimiser did not converge: restarted from its end point, it ran out of steps or still lowered "
+            f"the objective (by {best.restart_gain:.3g}); the optimum may lie at infinity along a flat valley of "
+            "the objective. Check the parameters marked not identified"]

@@ -9,9 +9,9 @@ the policy it was fitted under, and its report prints it.
 Example
 -------
 >>> from dataclasses import replace
->>> policy = replace(DEFAULT_POLICY, bootstrap=200)
+>>> policy = replace(DEFAULT_POLICY, bootstrap=1000)
 >>> policy.describe()
-'steps >= 1, loss huber_log (delta 0.001), bootstrap 200 resamples of runs when there are >= 5 runs, 95% intervals, seed 0'
+'steps >= 1, loss huber_log (delta 0.001), bootstrap 1000 resamples of runs when there are >= 5 runs, 95% intervals, seed 0'
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class AnalysisPolicy:
         Huber threshold, on log residuals.
     bootstrap : int
         Resamples of whole runs for the parameter intervals (0: none). Used only with at
-        least ``min_clusters`` runs; with fewer, intervals are asymptotic and say so.
+        least ``min_clusters`` runs; with fewer, intervals are asymptotic and say so. Each
+        resample refits the law (seconds for the P, N laws), so the default is modest; raise it
+        (``--bootstrap 1000``) for numbers to publish.
     min_clusters : int
         Fewest independent units (runs) a cluster bootstrap resamples.
     ci_level : float
@@ -59,7 +61,7 @@ class AnalysisPolicy:
     min_step: int = 1
     loss: Literal["huber_log", "mse", "mse_log"] = "huber_log"
     delta: float = 1e-3
-    bootstrap: int = 1000
+    bootstrap: int = 200
     min_clusters: int = 5
     ci_level: float = 0.95
     seed: int = 0
