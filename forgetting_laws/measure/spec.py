@@ -3,6 +3,7 @@
 A spec file has one table per section (``[sweep]``, ``[model]``, ``[data]``, ``[train]``,
 ``[lora]``, ``[probe]``, ``[method]``) and a ``[grid]`` table whose keys are dotted field paths
 (``"lora.rank" = [1, 4, 16, 64]``), expanded as a Cartesian product into :class:`RunSpec` s.
+``[sweep] seeds = k`` adds the seed axis ``train.seed = [s, ..., s + k - 1]`` (the last axis).
 Everything is validated before any run starts.
 
 Example
@@ -161,19 +162,32 @@ class SweepSpec:
                 raise ConfigError(f"grid key {key!r} names no field; valid keys: {', '.join(valid)}")
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"grid.{key!r} = {values!r} must be a non-empty list of values")
+        if self.base.sweep.seeds > 1 and "train.seed" in self.grid:
+            raise ConfigError(f"sweep.seeds = {self.base.sweep.seeds} and grid 'train.seed' both set the seeds; keep "
+                              "one: sweep.seeds = k runs seeds train.seed .. train.seed + k - 1")
         self.expand()  # validates every combination before any run starts
+
+    def axes(self) -> dict[str, list]:
+        """The grid's axes in order, with ``[sweep] seeds`` as the last (``train.seed``)."""
+        seeds = self.base.sweep.seeds
+        if seeds == 1:
+            return dict(self.grid)
+        return {**self.grid, "train.seed": [self.base.train.seed + i for i in range(seeds)]}
 
     def expand(self) -> list[RunSpec]:
         """The Cartesian product of the grid applied to the base spec, in grid order.
 
         Each run keeps only its own method's settings; combinations that differ only in the
         settings of other methods are the same run and are listed once. ``model.dtype = "auto"``
-        is resolved to the precision the run computes in (:func:`.precision.resolve_dtype`).
+        is resolved to the precision the run computes in (:func:`.precision.resolve_dtype`). A
+        resolved run has no axes left: its ``sweep.seeds`` is 1.
         """
-        keys = list(self.grid)
+        axes = self.axes()
+        keys = list(axes)
         runs: dict[str, RunSpec] = {}
-        for combo in itertools.product(*(self.grid[k] for k in keys)):
+        for combo in itertools.product(*(axes[k] for k in keys)):
             d = self.base.to_dict()
+            d["sweep"]["seeds"] = 1
             for key, value in zip(keys, combo):
                 section, _, name = key.partition(".")
                 d[section][name] = value
