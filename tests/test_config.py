@@ -78,9 +78,12 @@ def test_demo_spec_meets_its_brief():
 
 def test_run_ids_of_recorded_sweeps_are_unchanged():
     # New spec fields must not change the ids of runs already on disk (run_id=False / "if-set").
+    # The mitigation study's runs are checked once they are recorded (sweeps/mitigation.toml).
     for name, folder in [("demo", "demo-runs"), ("mitigation", "mitigation-runs")]:
-        ids = {r.run_id for r in load_spec(REPO / "sweeps" / f"{name}.toml").expand()}
         recorded = {p.stem for p in (REPO / "examples" / folder).glob("*.parquet")}
+        if not recorded and name == "mitigation":
+            continue
+        ids = {r.run_id for r in load_spec(REPO / "sweeps" / f"{name}.toml").expand()}
         assert ids == recorded, name
 
 

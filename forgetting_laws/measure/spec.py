@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import (SECTIONS as PLAIN_SECTIONS, ConfigError, DataSection, LoraSection, ModelSection, ProbeSection,
                      SweepSection, TrainSection, build_section, field_names, field_value, hashed, section_dict)
-from .methods import get_method, setting_fields
+from .methods import get_method, method_name, setting_fields
 from .precision import resolve_dtype
 
 __all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "ConfigError", "SECTIONS"]
@@ -37,8 +37,10 @@ __all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "
 class MethodSection:
     """``[method]``: the fine-tuning method's name and settings (see :mod:`.methods`).
 
-    ``settings`` holds the settings as given, of any registered method, so one table can serve a
-    ``"method.name"`` grid; :attr:`config` is the run's own method's typed settings, defaults filled.
+    ``name`` is a method's name or a composition's (``["sam", "replay"]`` is kept as
+    ``"sam+replay"``). ``settings`` holds the settings as given, of any registered method, so one
+    table can serve a ``"method.name"`` grid; :attr:`config` is the run's own method's typed
+    settings, defaults filled.
     """
 
     name: str = "lora"
@@ -49,8 +51,7 @@ class MethodSection:
         if not isinstance(values, dict):
             raise ConfigError(f"[method] = {values!r} is not a table; write a [method] table with name = ...")
         values = dict(values)
-        name = values.pop("name", "lora")
-        get_method(name)
+        name = method_name(values.pop("name", "lora"))
         known = setting_fields()
         for key in sorted(values):
             if key not in known:
@@ -117,13 +118,14 @@ class RunSpec:
         """Stable hash of what determines the results (never paths, device or executor).
 
         Fields declared with ``run_id=False`` never enter it, ``run_id="if-set"`` ones only
-        when changed from their default. Only the run's own method settings enter it; plain LoRA
+        when changed from their default. Only the run's own method settings enter it, by the same
+        rules (a composition's: both methods' settings, under its name ``sam+replay``); plain LoRA
         hashes as it did before methods existed, so older RUNS_DIRs stay valid, and other
         methods prefix the id with their name. What the run *read* (the content of its corpora
         and model) is recorded beside it, in the run's sidecar (see :mod:`.setup`).
         """
         d = {name: hashed(getattr(self, name)) for name in PLAIN_SECTIONS}
-        d["method"] = self.method.own().to_dict()
+        d["method"] = {"name": self.method.name, **hashed(self.method.config)}
         prefix = f"r{self.lora.rank}-"
         if d["method"] == {"name": "lora"}:
             d.pop("method")

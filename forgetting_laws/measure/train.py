@@ -361,7 +361,7 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     if main:
         write_json(runs_dir / f"{run_id}.json", _meta(spec, "running", ctx.inputs))
     callback, trainer, pad = _build(ctx, ckpt_dir, ckpt, rows, on_step, pad_rank)
-    with compiled(trainer.model, pad) if pad else contextlib.nullcontext():
+    with compiled(trainer.model, pad, ctx.method.lora_copies()) if pad else contextlib.nullcontext():
         if ckpt:
             ctx.method.load_state(ckpt)
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
