@@ -227,14 +227,21 @@ def _add_analysis(sub) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Compare the methods of a sweep at matched fine-tuning loss; optionally write figure + tables."""
+    """Compare the methods of a sweep at matched fine-tuning loss, paired against plain LoRA by rank
+    and seed; optionally write figures + tables."""
     from .analyse.compare import compare
+    from .analyse.paired import paired
     from .store import load_runs
 
     from .analyse.policy import policy_from_args
 
-    cmp = compare(load_runs(Path(args.runs_dir)), policy_from_args(args), n_levels=args.levels)
+    runs = load_runs(Path(args.runs_dir))
+    policy = policy_from_args(args)
+    cmp = compare(runs, policy, n_levels=args.levels)
+    pairs = paired(runs, n_levels=args.paired_levels, level=policy.ci_level) if "lora" in set(runs.method) else None
     print(cmp.report())
+    print(f"\n{pairs.report()}" if pairs is not None else
+          "\nno plain-LoRA runs: no paired differences (add 'lora' to method.name)")
     if args.out:
         from .analyse.plots import save
 
@@ -243,7 +250,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for name in ("matched", "laws", "compute"):
             getattr(cmp, name).to_csv(out / f"compare_{name}.csv", index=False)
         paths = save(cmp.plot(), out / "compare_methods")
-        print(f"figure: {', '.join(map(str, paths))}; tables: {out}/compare_*.csv")
+        if pairs is not None:
+            pairs.table.to_csv(out / "compare_paired.csv", index=False)
+            pairs.pairs.to_csv(out / "compare_pairs.csv", index=False)
+            paths += save(pairs.plot(), out / "compare_paired")
+        print(f"figures: {', '.join(map(str, paths))}; tables: {out}/compare_*.csv")
     return 0
 
 
@@ -252,6 +263,8 @@ def _add_compare(sub) -> None:
     p.add_argument("runs_dir", help="RUNS_DIR of a sweep with several methods")
     p.add_argument("--out", "-o", help="folder for the figure and the CSV tables")
     p.add_argument("--levels", type=int, default=8, help="matched ft_loss levels (default 8)")
+    p.add_argument("--paired-levels", type=int, default=4,
+                   help="matched ft_loss levels of the paired differences per arm (default 4)")
     _common_fit_options(p)
     p.set_defaults(func=cmd_compare)
 

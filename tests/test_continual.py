@@ -94,11 +94,25 @@ BASE = {"model": {"name": "tiny-random-llama"}, "data": {"reference": "python-do
     ({"continual": {"tasks": TASKS}, "data": {"reference": "python-docs", "reference_blocks": 4}},
      r"data.reference = 'python-docs' is also a task: set data.reference_blocks = data.heldout_blocks"),
     ({"continual": {"tasks": TASKS}, "method": {"name": "replay", "replay": "python-source"}},
-     r"method.replay = 'python-source' is a later task"),
+     r"method.replay = 'python-source' is also task 3 of the sequence \(continual.tasks\).*set "
+     r"method.allow_replay_overlap = true to do this on purpose"),
+    ({"continual": {"tasks": ["lee-news", "python-source"]}, "method": {"name": "ilora", "replay": "python-docs"}},
+     r"method.replay = 'python-docs' is also data.reference, the corpus the forgetting probes read"),
+    ({"continual": {"tasks": TASKS}, "method": {"name": "distill", "replay": "python-docs"}},
+     r"method.replay = 'python-docs' is also"),
 ])
 def test_spec_errors_name_the_field_and_the_fix(raw, match):
     with pytest.raises(ConfigError, match=match):
         ContinualSpec.from_dict({**BASE, **raw})
+
+
+def test_replay_of_a_task_is_allowed_only_when_asked_for():
+    raw = {**BASE, "continual": {"tasks": TASKS}, "data": {"reference": "python-docs", "reference_blocks": 16},
+           "method": {"name": "replay", "replay": "python-source", "allow_replay_overlap": True}}
+    seq = ContinualSpec.from_dict(raw).sequences()[0]
+    assert seq.spec.method.config.replay == "python-source"
+    assert ContinualSpec.from_dict({**raw, "method": {"name": "replay"}}).sequences()[0].spec.method.config.replay \
+        == "wiki-sample"  # the default: outside every sequence of shipped corpora
 
 
 def test_grid_gives_one_sequence_per_point_with_stable_ids(tmp_path):

@@ -4,7 +4,9 @@ A method that forgets less *because it learns less* is no mitigation, so methods
 at equal fine-tuning loss: each run's trajectory is interpolated at common :math:`L_{ft}`
 levels (where the run first reaches the level), and the forgetting there is averaged over the
 method's runs with a bootstrap CI over runs. Also, per method, the inverse-linear law
-:math:`L_f = s - c\,L_{ft}` with bootstrap CIs, and the compute each method spent.
+:math:`L_f = s - c\,L_{ft}` with bootstrap CIs, and the compute each method spent. A method run
+with several settings (two SAM rho) is one arm per setting (:func:`.arms.arm_labels`). The paired,
+seed-matched differences against plain LoRA are :func:`forgetting_laws.analyse.paired.paired`.
 Nothing here imports torch.
 
 Example
@@ -24,6 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import FitDataError
+from .arms import arm_labels
 from .fit import fit
 from .policy import DEFAULT_POLICY, AnalysisPolicy
 from .result import FitResult
@@ -182,6 +185,7 @@ def compare(df: pd.DataFrame, policy: AnalysisPolicy | None = None, levels: Sequ
     policy = (policy or DEFAULT_POLICY).updated(**overrides)
     if "method" not in df or df.empty:
         raise FitDataError("compare needs a runs table with a 'method' column and at least one row")
+    df = df.assign(method=arm_labels(df))  # one arm per method and settings
     levels = matched_levels(df, n_levels) if levels is None else np.asarray(levels, float)
     notes: list[str] = []
     laws, fits = _laws(df, policy, notes)

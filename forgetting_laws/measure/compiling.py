@@ -29,12 +29,12 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from ..cache import cache_dir
 
-__all__ = ["wants_compile", "pad_ranks", "compiled", "pad_lora", "unpad_lora", "compile_regions",
-           "use_toolkit_inductor_cache"]
+__all__ = ["wants_compile", "pad_ranks", "compiled", "pad_lora", "unpad_lora", "pad_copies", "unpad_copies",
+           "compile_regions", "use_toolkit_inductor_cache"]
 
 #: Graphs dynamo may keep per compiled function. One process compiles the layer once per
 #: (method, padded rank, batch shape), three graphs each (the first layer, whose input needs no
@@ -117,6 +117,36 @@ def unpad_lora(model, ranks: dict[str, int]) -> None:
                 b.data = b.data[:, :r].clone()
 
 
+def pad_copies(copies: Sequence[dict], rank: int) -> list[dict[str, tuple]]:
+    """Pad tensors kept in the LoRA parameters' shapes, keyed by parameter name (a method's
+    :meth:`~forgetting_laws.measure.methods.base.Method.lora_copies`), as :func:`pad_lora` pads the
+    parameters: ``lora_A`` (r, d_in) with zero rows, ``lora_B`` (d_out, r) with zero columns. The
+    dicts are updated in place; returns each tensor's true shape."""
+    import torch
+
+    shapes = []
+    for copy in copies:
+        shapes.append({n: tuple(t.shape) for n, t in copy.items()})
+        for name, t in copy.items():
+            dim = 0 if "lora_A" in name else 1 if "lora_B" in name else None
+            if dim is not None and t.shape[dim] < rank:
+                pad = list(t.shape)
+                pad[dim] = rank - t.shape[dim]
+                copy[name] = torch.cat([t, t.new_zeros(pad)], dim)
+    return shapes
+
+
+def unpad_copies(copies: Sequence[dict], shapes: list[dict[str, tuple]]) -> None:
+    """Undo :func:`pad_copies` (checks the pad is still zero)."""
+    for copy, true in zip(copies, shapes):
+        for name, t in copy.items():
+            if tuple(t.shape) != true[name]:
+                kept = t[tuple(slice(0, k) for k in true[name])]
+                if t.count_nonzero() != kept.count_nonzero():
+                    raise RuntimeError(f"LoRA copy {name}: the padding is no longer zero")
+                copy[name] = kept.clone()
+
+
 def _scaling_as_tensors(model) -> None:
     """LoRA scalings as 0-d tensors: their values become data, so ranks share one graph."""
     import torch
@@ -179,17 +209,21 @@ def _compile_loss(model) -> None:
 
 
 @contextlib.contextmanager
-def compiled(model, pad_rank: int | None) -> Iterator[dict[str, int]]:
+def compiled(model, pad_rank: int | None, copies: Sequence[dict] = ()) -> Iterator[dict[str, int]]:
     """Train ``model`` compiled inside this context: pad its LoRA to ``pad_rank``, compile it,
-    and on leaving unpad it to its own rank (so the saved adapter is the run's own). Yields the
-    true ranks. With ``pad_rank=None`` nothing happens (an eager run)."""
+    and on leaving unpad it to its own rank (so the saved adapter is the run's own). ``copies``
+    (the method's :meth:`~forgetting_laws.measure.methods.base.Method.lora_copies`, such as
+    I-LoRA's slow adapter) are padded and unpadded with it, so they keep the parameters' shapes.
+    Yields the true ranks. With ``pad_rank=None`` nothing happens (an eager run)."""
     if pad_rank is None:
         yield {}
         return
     ranks = pad_lora(model, pad_rank)
+    shapes = pad_copies(copies, pad_rank)
     _scaling_as_tensors(model)
     compile_regions(model)
     try:
         yield ranks
     finally:
         unpad_lora(model, ranks)
+        unpad_copies(copies, shapes)

@@ -124,6 +124,9 @@ class SweepSection:
                              check=non_negative)
     max_retries: int = option(1, "times a failed run is retried before it is marked failed (ray executor)",
                               run_id=False, check=non_negative)
+    seeds: int = option(1, "seeds per grid point: adds the axis train.seed = [s, s + 1, ..., s + seeds - 1] from "
+                        "the spec's train.seed s (comparisons need 3 or more); each run records its own seed",
+                        run_id=False, check=positive)
 
 
 @dataclass

@@ -9,8 +9,10 @@ A sequence spec is a sweep spec (``[model]``, ``[data]``, ``[train]``, ``[lora]`
 Each grid point is one sequence. Task k trains the method's Trainer for ``train.max_steps``
 steps on task k's training blocks, continuing from the adapter (and the method's state: I-LoRA's
 slow adapter, replay pools) left by task k-1; each task gets a fresh optimiser, as in sequential
-fine-tuning. Replaying methods (``replay``, ``ilora``) add each finished task's training blocks
-to their replay pool, so later tasks replay earlier ones. After the base model (``after_task =
+fine-tuning. Replaying methods (``replay``, ``distill``, ``ilora``) add each finished task's training
+blocks to their replay pool, so later tasks replay earlier ones; their replay corpus may be
+neither a task nor the reference corpus (unless ``method.allow_replay_overlap``), or a method
+would train on task k before task k, inflating FWT and AP. After the base model (``after_task =
 0``) and after each task, every task's held-out loss and the forgetting probe on
 ``data.reference`` are recorded.
 
@@ -199,12 +201,12 @@ def _check_sequence(seq: TaskSequence) -> None:
             f"data.reference = {d.reference!r} is also a task: set data.reference_blocks = data.heldout_blocks "
             f"(now {d.reference_blocks} and {d.heldout_blocks}) so the probe blocks are exactly that task's "
             "held-out blocks, which no task trains on")
-    replay = getattr(seq.spec.method.config, "replay", None)
-    if replay in seq.tasks and replay not in (seq.tasks[0], d.reference):
-        raise ConfigError(
-            f"method.replay = {replay!r} is a later task of the sequence, so its held-out blocks would be "
-            "replayed; earlier tasks are replayed automatically: set method.replay to the reference "
-            f"corpus ({d.reference!r}) or a corpus outside the sequence")
+    if hasattr(seq.spec.method.config, "replay"):  # a replaying method: its corpus is none of the tasks
+        from .methods.replay import check_replay_corpus
+
+        tasks = {t: f"task {k} of the sequence (continual.tasks); finished tasks are replayed from their own "
+                    "training blocks anyway" for k, t in enumerate(seq.tasks, start=1)}
+        check_replay_corpus(seq.spec, {**tasks, d.reference: "data.reference, the corpus the forgetting probes read"})
 
 
 def load_continual_spec(path: str | Path, overrides: list[str] = ()) -> ContinualSpec:
@@ -364,7 +366,7 @@ def run_sequence(seq: TaskSequence, out: str | Path, progress: bool = True) -> d
         record(0)
     compile_rank = seq.spec.lora.rank if wants_compile(seq.spec.train.compile, session.device.type) else None
     with tqdm(total=len(seq.tasks) * steps, initial=done * steps, desc=sid, disable=not progress) as bar, \
-         compiled(session.model, compile_rank):
+         compiled(session.model, compile_rank, session.method.lora_copies()):
         for k in range(done, len(seq.tasks)):
             bar.set_postfix_str(f"task {k + 1}/{len(seq.tasks)}: {seq.tasks[k]}")
             session.train_task(k, out / ".work" / sid, on_step=lambda s, k=k: bar.update(k * steps + s - bar.n))

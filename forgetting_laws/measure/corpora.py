@@ -7,6 +7,9 @@ deterministically into a held-out part and a training part.
 Names
 -----
 ``lee-news``            300 ABC news articles shipped in gensim's wheel (located, not imported)
+``wiki-sample``         106 English Wikipedia articles (2.9 M characters of prose) from the shortened
+                        dump in gensim's wheel, wikitext markup stripped (:mod:`.wikitext`); a
+                        general-domain stand-in for pre-training data as a replay corpus
 ``python-docs``         CPython's reference prose, ``pydoc_data.topics``
 ``python-source``       CPython's standard-library source code (public top-level modules, ~1 MB)
 ``hf:<dataset>[:<config>]:<split>[#<columns>]``  any Hugging Face dataset (``pip install datasets``);
@@ -17,6 +20,7 @@ Names
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -46,15 +50,36 @@ def corpus_names() -> list[str]:
     return _CORPORA.names()
 
 
-@register_corpus("lee-news")
-def _lee_news() -> list[str]:
+def _gensim_test_file(corpus: str, name: str) -> Path:
+    """A data file of gensim's wheel, located without importing gensim."""
     spec = importlib.util.find_spec("gensim")  # only its data file is needed, not the library
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("corpus 'lee-news' ships in gensim's wheel; install it with: "
+        raise ConfigError(f"corpus {corpus!r} ships in gensim's wheel; install it with: "
                           "pip install --no-deps gensim")
-    path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / "lee_background.cor"
+    return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / name
+
+
+@register_corpus("lee-news")
+def _lee_news() -> list[str]:
+    path = _gensim_test_file("lee-news", "lee_background.cor")
     return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
             if line.strip()]
+
+
+#: The shortened English Wikipedia dump gensim ships for its tests (206 pages).
+WIKI_SAMPLE_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+@register_corpus("wiki-sample")
+def _wiki_sample() -> list[str]:
+    return list(_wiki_articles())
+
+
+@functools.cache
+def _wiki_articles() -> tuple[str, ...]:
+    from .wikitext import dump_articles
+
+    return tuple(dump_articles(_gensim_test_file("wiki-sample", WIKI_SAMPLE_FILE)))  # parsed once per process
 
 
 @register_corpus("python-docs")

@@ -3,6 +3,7 @@
 A spec file has one table per section (``[sweep]``, ``[model]``, ``[data]``, ``[train]``,
 ``[lora]``, ``[probe]``, ``[method]``) and a ``[grid]`` table whose keys are dotted field paths
 (``"lora.rank" = [1, 4, 16, 64]``), expanded as a Cartesian product into :class:`RunSpec` s.
+``[sweep] seeds = k`` adds the seed axis ``train.seed = [s, ..., s + k - 1]`` (the last axis).
 Everything is validated before any run starts.
 
 Example
@@ -26,7 +27,7 @@ from typing import Any
 
 from .config import (SECTIONS as PLAIN_SECTIONS, ConfigError, DataSection, LoraSection, ModelSection, ProbeSection,
                      SweepSection, TrainSection, build_section, field_names, field_value, hashed, section_dict)
-from .methods import get_method, setting_fields
+from .methods import get_method, method_name, setting_fields
 from .precision import resolve_dtype
 
 __all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "spec_path", "override", "builtin_specs",
@@ -37,8 +38,10 @@ __all__ = ["SweepSpec", "RunSpec", "MethodSection", "load_spec", "parse_spec", "
 class MethodSection:
     """``[method]``: the fine-tuning method's name and settings (see :mod:`.methods`).
 
-    ``settings`` holds the settings as given, of any registered method, so one table can serve a
-    ``"method.name"`` grid; :attr:`config` is the run's own method's typed settings, defaults filled.
+    ``name`` is a method's name or a composition's (``["sam", "replay"]`` is kept as
+    ``"sam+replay"``). ``settings`` holds the settings as given, of any registered method, so one
+    table can serve a ``"method.name"`` grid; :attr:`config` is the run's own method's typed
+    settings, defaults filled.
     """
 
     name: str = "lora"
@@ -49,8 +52,7 @@ class MethodSection:
         if not isinstance(values, dict):
             raise ConfigError(f"[method] = {values!r} is not a table; write a [method] table with name = ...")
         values = dict(values)
-        name = values.pop("name", "lora")
-        get_method(name)
+        name = method_name(values.pop("name", "lora"))
         known = setting_fields()
         for key in sorted(values):
             if key not in known:
@@ -117,13 +119,14 @@ class RunSpec:
         """Stable hash of what determines the results (never paths, device or executor).
 
         Fields declared with ``run_id=False`` never enter it, ``run_id="if-set"`` ones only
-        when changed from their default. Only the run's own method settings enter it; plain LoRA
+        when changed from their default. Only the run's own method settings enter it, by the same
+        rules (a composition's: both methods' settings, under its name ``sam+replay``); plain LoRA
         hashes as it did before methods existed, so older RUNS_DIRs stay valid, and other
         methods prefix the id with their name. What the run *read* (the content of its corpora
         and model) is recorded beside it, in the run's sidecar (see :mod:`.setup`).
         """
         d = {name: hashed(getattr(self, name)) for name in PLAIN_SECTIONS}
-        d["method"] = self.method.own().to_dict()
+        d["method"] = {"name": self.method.name, **hashed(self.method.config)}
         prefix = f"r{self.lora.rank}-"
         if d["method"] == {"name": "lora"}:
             d.pop("method")
@@ -162,19 +165,32 @@ class SweepSpec:
                 raise ConfigError(f"grid key {key!r} names no field; valid keys: {', '.join(valid)}")
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"grid.{key!r} = {values!r} must be a non-empty list of values")
+        if self.base.sweep.seeds > 1 and "train.seed" in self.grid:
+            raise ConfigError(f"sweep.seeds = {self.base.sweep.seeds} and grid 'train.seed' both set the seeds; keep "
+                              "one: sweep.seeds = k runs seeds train.seed .. train.seed + k - 1")
         self.expand()  # validates every combination before any run starts
+
+    def axes(self) -> dict[str, list]:
+        """The grid's axes in order, with ``[sweep] seeds`` as the last (``train.seed``)."""
+        seeds = self.base.sweep.seeds
+        if seeds == 1:
+            return dict(self.grid)
+        return {**self.grid, "train.seed": [self.base.train.seed + i for i in range(seeds)]}
 
     def expand(self) -> list[RunSpec]:
         """The Cartesian product of the grid applied to the base spec, in grid order.
 
         Each run keeps only its own method's settings; combinations that differ only in the
         settings of other methods are the same run and are listed once. ``model.dtype = "auto"``
-        is resolved to the precision the run computes in (:func:`.precision.resolve_dtype`).
+        is resolved to the precision the run computes in (:func:`.precision.resolve_dtype`). A
+        resolved run has no axes left: its ``sweep.seeds`` is 1.
         """
-        keys = list(self.grid)
+        axes = self.axes()
+        keys = list(axes)
         runs: dict[str, RunSpec] = {}
-        for combo in itertools.product(*(self.grid[k] for k in keys)):
+        for combo in itertools.product(*(axes[k] for k in keys)):
             d = self.base.to_dict()
+            d["sweep"]["seeds"] = 1
             for key, value in zip(keys, combo):
                 section, _, name = key.partition(".")
                 d[section][name] = value

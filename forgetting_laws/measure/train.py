@@ -372,7 +372,7 @@ def run_one(spec: RunSpec, runs_dir: Path, on_step: Callable[[int], None] | None
     if main:
         write_json(sidecar_path(runs_dir, run_id), _meta(spec, "running", ctx.inputs))
     callback, trainer, pad = _build(ctx, ckpt_dir, ckpt, rows, on_step, pad_rank)
-    with compiled(trainer.model, pad):  # pad None: eager
+    with compiled(trainer.model, pad, ctx.method.lora_copies()):  # pad None: eager
         if ckpt:
             ctx.method.load_state(ckpt)
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)

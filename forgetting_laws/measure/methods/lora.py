@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import register_method
 from .base import Method
 
@@ -25,14 +23,9 @@ def lora_model(model, spec):
 
 @register_method
 class LoraMethod(Method):
-    """Plain LoRA: one adapter, trained by the stock Trainer. No settings."""
+    """Plain LoRA: one adapter, the model's own cross-entropy, the stock training step. No settings."""
 
     name = "lora"
 
     def build_model(self, model):
         return lora_model(model, self.spec)
-
-    def build_trainer(self, **trainer_kwargs: Any):
-        from transformers import Trainer
-
-        return Trainer(**trainer_kwargs)

@@ -1,10 +1,23 @@
-"""``replay``: experience replay. A fraction ``replay_ratio`` of every micro-batch is drawn from
-a replay corpus standing in for pre-training data; the rest is fine-tuning data.
+r"""``replay``: experience replay, and what every replaying method shares (``distill``, ``ilora``).
 
-The replay blocks never overlap the blocks the probes read: when the replay corpus is the
-reference corpus, the replay pool is the reference corpus minus its probe blocks (the same
-seeded split :func:`forgetting_laws.measure.train.prepare_data` uses); when it is the fine-tuning
-corpus, the pool is its training part (the held-out blocks are left out).
+A fraction ``replay_ratio`` of every micro-batch is drawn from a replay corpus standing in for
+pre-training data (default ``wiki-sample``, general English prose); the rest is fine-tuning data.
+With :math:`\rho` = ``replay_ratio``, every replaying method's loss is
+
+.. math:: L = (1 - \rho)\,\mathrm{CE}(x_{cur}) + \rho\, D(x_{rep}) \;[+ \text{the method's own terms}],
+
+the mean of the two parts weighted by their share of the micro-batch's rows (:math:`\rho B` of
+the :math:`B` rows replay, so :math:`\rho B` must be a whole number): replay's weight in the loss
+is :math:`\rho` in every method. :math:`D` is the cross-entropy against the data (``replay``,
+``ilora``) or against the base model's own predictions (``distill``). Each part is the mean over
+its tokens, so with the data's labels :math:`L` is exactly the cross-entropy of the mixed batch.
+
+The replay blocks never overlap the blocks the probes read. A replay corpus that is the probe
+(reference) corpus or the fine-tuning corpus (in a task sequence: any task) is refused unless
+``allow_replay_overlap = true``: replaying the reference corpus teaches the model the very
+distribution L_f is measured on, so lower L_f would not mean remembering. When it is allowed,
+the replay pool is the reference corpus minus its probe blocks (the seeded split of
+:func:`forgetting_laws.measure.setup.load_data`), or the fine-tuning corpus's training part.
 """
 
 from __future__ import annotations
@@ -20,11 +33,12 @@ from . import register_method
 from .base import Method
 from .lora import lora_model
 
-__all__ = ["ReplayMethod", "ReplayConfig", "replay_pool", "n_replay"]
+__all__ = ["ReplayMethod", "ReplayBase", "ReplayConfig", "replay_pool", "n_replay", "check_replay_corpus",
+           "token_ce"]
 
 
 def _corpus_name(v: str) -> str | None:
-    return None if v.strip() else "must name a corpus (e.g. 'python-docs', 'hf:...', a local file)"
+    return None if v.strip() else "must name a corpus (e.g. 'wiki-sample', 'hf:...', a local file)"
 
 
 def _open_unit(v: float) -> str | None:
@@ -33,17 +47,34 @@ def _open_unit(v: float) -> str | None:
 
 @dataclass
 class ReplayConfig:
-    """Settings shared by the methods that replay (``replay``, ``ilora``)."""
+    """Settings shared by the methods that replay (``replay``, ``distill``, ``ilora``)."""
 
-    replay: str = option("python-docs", "replay corpus (any corpus name); blocks disjoint from the probe blocks",
-                         column="replay_corpus", check=_corpus_name)
-    replay_ratio: float = option(0.5, "fraction of each micro-batch drawn from the replay corpus, in (0, 1)",
-                                 column="replay_ratio", check=_open_unit)
+    replay: str = option("wiki-sample", "replay corpus standing in for pre-training data (any corpus name); not "
+                         "the probe or fine-tuning corpus unless allow_replay_overlap", column="replay_corpus",
+                         check=_corpus_name)
+    replay_ratio: float = option(0.5, "fraction of each micro-batch's blocks drawn from the replay corpus, and "
+                                 "the replay term's weight in the loss, in (0, 1); times train.batch_size a whole "
+                                 "number", column="replay_ratio", check=_open_unit)
+    allow_replay_overlap: bool = option(False, "let the replay corpus be the probe (reference) corpus or a "
+                                        "fine-tuning corpus (a task of a sequence); their probe and held-out blocks "
+                                        "are still left out", column="replay_overlap_allowed", run_id=False)
 
 
 def n_replay(spec) -> int:
-    """Replay blocks per micro-batch: ``round(replay_ratio * train.batch_size)``."""
+    """Replay blocks per micro-batch: ``replay_ratio * train.batch_size`` (a whole number)."""
     return int(round(spec.method.config.replay_ratio * spec.train.batch_size))
+
+
+def check_replay_corpus(spec, corpora: dict[str, str]) -> None:
+    """Refuse a replay corpus that is one of ``corpora`` (corpus -> what it is in the run) unless
+    ``method.allow_replay_overlap``."""
+    c = spec.method.config
+    if c.replay in corpora and not c.allow_replay_overlap:
+        raise ConfigError(
+            f"method.replay = {c.replay!r} is also {corpora[c.replay]}: replaying it trains on that distribution "
+            "(its probe and held-out blocks are left out, but not the rest), so forgetting would be measured "
+            "against data the model is trained on; use a general-domain corpus such as 'wiki-sample', or set "
+            "method.allow_replay_overlap = true to do this on purpose")
 
 
 def replay_pool(spec, tokenizer, tokenizer_id: str) -> tuple[np.ndarray, str]:
@@ -65,8 +96,17 @@ def replay_pool(spec, tokenizer, tokenizer_id: str) -> tuple[np.ndarray, str]:
     return blocks, fingerprint
 
 
+def token_ce(logits, targets):
+    """Mean cross-entropy over tokens: logits (N, T', V), targets (N, T'), in float32."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
 class ReplayBase(Method):
-    """What replaying methods share: the replay pool, its seeded stream and the batch split."""
+    """What replaying methods share: the replay pool, its seeded stream, the batch split and the
+    mixed loss. A subclass chooses the replay rows (:meth:`replay_rows`), their targets
+    (:meth:`augment`, :meth:`replay_term`) and adds terms of its own (:meth:`loss`)."""
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -78,12 +118,16 @@ class ReplayBase(Method):
 
     @classmethod
     def check_run(cls, spec) -> None:
-        b, n = spec.train.batch_size, n_replay(spec)
-        if not 1 <= n <= b - 1:
-            ratio = spec.method.config.replay_ratio
-            raise ConfigError(f"method.replay_ratio = {ratio!r} gives {n} replay blocks in a batch of "
-                              f"train.batch_size = {b}; each batch needs 1 to {b - 1} replay blocks: "
-                              "change method.replay_ratio or train.batch_size")
+        b, ratio = spec.train.batch_size, spec.method.config.replay_ratio
+        rows = ratio * b
+        if abs(rows - round(rows)) > 1e-9 or not 1 <= round(rows) <= b - 1:
+            fits = ", ".join(f"{k / b:g}" for k in range(1, b)) or "none: raise train.batch_size to 2 or more"
+            raise ConfigError(f"method.replay_ratio = {ratio!r} gives {rows:g} replay blocks in a micro-batch of "
+                              f"train.batch_size = {b}; replay_ratio is both the fraction of each micro-batch's "
+                              f"blocks and replay's weight in the loss, so it must be k / {b} with 1 <= k < {b} "
+                              f"({fits}): change method.replay_ratio or train.batch_size")
+        check_replay_corpus(spec, {spec.data.reference: "data.reference, the corpus the forgetting probes read",
+                                   spec.data.dataset: "data.dataset, the fine-tuning corpus"})
 
     def prepare_data(self, tokenizer, tokenizer_id: str) -> dict[str, str]:
         import torch
@@ -111,10 +155,46 @@ class ReplayBase(Method):
         return idx
 
     def build_model(self, model):
-        return lora_model(model, self.spec)
+        self.model = lora_model(model, self.spec)
+        return self.model
 
     def train_batch_size(self) -> int:
         return self.spec.train.batch_size - self.n_replay
+
+    # ------------------------------------------------------------------ the micro-batch and its loss
+
+    def replay_rows(self):
+        """The next ``n`` replay blocks of the stream: (n, T)."""
+        import torch
+
+        return self.pool[torch.from_numpy(self.take(self.n_replay))]
+
+    def augment(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` (B - n fine-tuning rows) plus ``replay_ids`` (n, T), drawn once per micro-batch."""
+        return {**inputs, "replay_ids": self.replay_rows().to(inputs["input_ids"].device)}
+
+    def forward(self, model, inputs: dict[str, Any], hidden_states: bool = False):
+        """One forward pass over the fine-tuning rows followed by the replay rows: (B, T) in all."""
+        import torch
+
+        ids = torch.cat([inputs["input_ids"], inputs["replay_ids"]])
+        return model(input_ids=ids, output_hidden_states=hidden_states)
+
+    def mixed_loss(self, logits, inputs: dict[str, Any]):
+        """``(1 - rho) CE(current rows) + rho D(replay rows)`` from the logits (B, T, V) of :meth:`forward`."""
+        m, rho = len(inputs["input_ids"]), self.config.replay_ratio
+        logits = logits[:, :-1]  # (B, T-1, V): position t predicts token t + 1
+        ce_cur = token_ce(logits[:m], inputs["labels"][:, 1:])
+        return (1 - rho) * ce_cur + rho * self.replay_term(logits[m:], inputs)
+
+    def replay_term(self, logits, inputs: dict[str, Any]):
+        """D: the cross-entropy of the replay rows' logits (n, T-1, V) against their data."""
+        return token_ce(logits, inputs["replay_ids"][:, 1:])
+
+    def loss(self, model, inputs: dict[str, Any]):
+        return self.mixed_loss(self.forward(model, inputs).logits, inputs)
+
+    # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
         return {"cursor": self.cursor}
@@ -123,47 +203,22 @@ class ReplayBase(Method):
         self.cursor = int(state["cursor"])
 
 
-def _replay_trainer(**trainer_kwargs: Any):
-    from transformers import Trainer
-
-    class ReplayTrainer(Trainer):
-        """Appends the method's replay blocks to every micro-batch before the usual step."""
-
-        def __init__(self, *args: Any, method: "ReplayMethod", **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.method = method
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            # The token count the Trainer computed covers only the fine-tuning rows: drop it,
-            # so the loss is the mean over the mixed batch and is divided by the accumulation steps.
-            return super().training_step(model, self.method.mix(inputs), None)
-
-    return ReplayTrainer(**trainer_kwargs)
-
-
 @register_method
 class ReplayMethod(ReplayBase):
-    """Experience replay alone.
+    """Experience replay with the data's labels.
 
     Settings
     --------
-    replay : str, default "python-docs"
-        The replay corpus (any corpus name).
+    replay : str, default "wiki-sample"
+        The replay corpus (any corpus name), standing in for pre-training data. Not the probe
+        (reference) corpus nor the fine-tuning corpus unless ``allow_replay_overlap``.
     replay_ratio : float, default 0.5
-        Fraction of every micro-batch taken from the replay corpus; ``round(ratio * batch_size)``
-        blocks replace fine-tuning blocks, so a batch keeps ``train.batch_size`` blocks.
+        Fraction of every micro-batch taken from the replay corpus (``replay_ratio *
+        batch_size`` blocks replace fine-tuning blocks, so a batch keeps ``train.batch_size``
+        blocks), and the replay term's weight in the loss.
+    allow_replay_overlap : bool, default false
+        Allow a replay corpus that is the probe or a fine-tuning corpus (on purpose).
     """
 
     name = "replay"
     Config = ReplayConfig
-
-    def mix(self, inputs: dict) -> dict:
-        """``inputs`` (B - n rows) with ``n`` replay rows appended: (B, T)."""
-        import torch
-
-        ids = inputs["input_ids"]
-        replay = self.pool[torch.from_numpy(self.take(self.n_replay))].to(ids.device)  # (n, T)
-        return {**inputs, "input_ids": torch.cat([ids, replay]), "labels": torch.cat([inputs["labels"], replay])}
-
-    def build_trainer(self, **trainer_kwargs: Any):
-        return _replay_trainer(method=self, **trainer_kwargs)
