@@ -38,9 +38,11 @@ objective.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares, lsq_linear, nnls
@@ -532,7 +534,7 @@ def group_weights(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def bootstrap(prob: Problem, warm: list[np.ndarray], fresh: np.ndarray, groups: np.ndarray, n_boot: int,
-              seed: int = 0, n_jobs: int = 1, n_fresh: int = 2) -> np.ndarray:
+              seed: int = 0, n_jobs: int = 1, n_fresh: int = 2, progress: str | None = None) -> np.ndarray:
     """Refit on ``n_boot`` group resamples; engine parameter draws (n_boot, p).
 
     Each refit starts from the ``warm`` optima of the full data and from the ``n_fresh`` best of
@@ -541,26 +543,34 @@ def bootstrap(prob: Problem, warm: list[np.ndarray], fresh: np.ndarray, groups: 
 
     Resample ``i`` draws from its own child of ``SeedSequence(seed)``, so the draws do not
     depend on ``n_jobs``. With ``n_jobs > 1`` the resamples are split over a process pool (the
-    law must then be picklable: a module-level function, not a lambda).
+    law must then be picklable: a module-level function, not a lambda). ``progress``, when
+    given, labels a progress bar on stderr.
     """
+    from tqdm.auto import tqdm
+
     children = np.random.SeedSequence(seed).spawn(n_boot)
     args = (prob, warm, fresh, groups, n_fresh)
-    if n_jobs <= 1 or n_boot < 2 * n_jobs:
-        return _bootstrap_chunk(*args, children)
-    chunks = [list(c) for c in np.array_split(np.array(children, dtype=object), n_jobs)]
-    with ProcessPoolExecutor(n_jobs) as pool:
-        parts = pool.map(_bootstrap_chunk, *([a] * n_jobs for a in args), chunks)
-        return np.concatenate(list(parts))
+    with tqdm(total=n_boot, desc=progress, disable=progress is None, leave=False, file=sys.stderr) as bar:
+        if n_jobs <= 1 or n_boot < 2 * n_jobs:
+            return _bootstrap_chunk(*args, children, bar.update)
+        chunks = [list(c) for c in np.array_split(np.array(children, dtype=object), n_jobs)]
+        with ProcessPoolExecutor(n_jobs) as pool:
+            futures = [pool.submit(_bootstrap_chunk, *args, chunk) for chunk in chunks]
+            for future in as_completed(futures):
+                bar.update(future.result().shape[0])
+            return np.concatenate([f.result() for f in futures])  # in submission order: seed-stable
 
 
 def _bootstrap_chunk(prob: Problem, warm: list[np.ndarray], fresh: np.ndarray, groups: np.ndarray,
-                     n_fresh: int, seeds: list[np.random.SeedSequence]) -> np.ndarray:
+                     n_fresh: int, seeds: list[np.random.SeedSequence], done: Any = None) -> np.ndarray:
     draws = np.empty((len(seeds), len(prob.law.params)))
     n_out = prob.law.n_outputs
     with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads cost more than they give
         for i, ss in enumerate(seeds):
             bp = prob.with_weights(np.tile(group_weights(groups, np.random.default_rng(ss)), n_out))
             draws[i] = _resample_optimum(bp, warm, fresh, n_fresh).theta
+            if done is not None:
+                done(1)
     return draws
 
 

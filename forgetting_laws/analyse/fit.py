@@ -28,7 +28,6 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from ..errors import FitDataError
-from ..store import load_runs
 from . import laws as _laws
 from .diagnostics import error_metrics, metrics, warnings_for
 from .engine import InputScaling, Problem, Solution, bootstrap, distinct, multistart, score_starts
@@ -51,6 +50,7 @@ def fit(
     holdout: str | None = None,
     group: str | None = "run_id",
     n_refine: int = 16,
+    progress: bool = False,
     **overrides: Any,
 ) -> FitResult:
     r"""Fit ``law`` to the columns of ``df``.
@@ -82,6 +82,8 @@ def fit(
         the noise model counts them. Absent or None: each row its own group.
     n_refine : int
         How many of the best-scoring grid starts are refined.
+    progress : bool
+        A progress bar on the bootstrap refits, to stderr.
     **overrides
         Policy fields for this call, e.g. ``bootstrap=0``.
 
@@ -102,7 +104,7 @@ def fit(
     train = data[~held]
     res = fit_arrays(law, {i: train[c].to_numpy(float) for i, c in xmap.items()},
                      [train[c].to_numpy(float) for c in ycols], policy, groups=_groups(train, group),
-                     n_refine=n_refine)
+                     n_refine=n_refine, progress=progress)
     res.x, res.y = dict(xmap), tuple(ycols)
     res.warnings[:0] = notes
     res.options.update(group=group if group in df.columns else None, holdout=holdout)
@@ -119,6 +121,7 @@ def fit_arrays(
     *,
     groups: Any = None,
     n_refine: int = 16,
+    progress: bool = False,
     **overrides: Any,
 ) -> FitResult:
     """Fit ``law`` to plain arrays.
@@ -152,7 +155,7 @@ def fit_arrays(
         best = sols[0]
         noise = noise_model(prob.residuals(prob.evaluate_one(best.theta)), g, law.n_outputs, prob.n_free,
                             "log y" if prob.log_resid else "y")
-        intervals = _intervals(prob, scaling, sols, starts, g, policy, noise, groups is not None)
+        intervals = _intervals(prob, scaling, sols, starts, g, policy, noise, groups is not None, progress)
     res = _assemble(prob, scaling, best, intervals, noise, policy, X)
     res.warnings[:0] = notes
     res.start = _start_info(law, best, starts, sols, scaling)
@@ -173,12 +176,13 @@ def _resolve_law(law: Any) -> Law:
 
 
 def _intervals(prob: Problem, scaling: InputScaling, sols: list[Solution], starts: np.ndarray,
-               groups: np.ndarray, policy: AnalysisPolicy, noise: NoiseModel | str, grouped: bool) -> Intervals:
+               groups: np.ndarray, policy: AnalysisPolicy, noise: NoiseModel | str, grouped: bool,
+               progress: bool = False) -> Intervals:
     """Cluster bootstrap with enough clusters, else asymptotic intervals, else none (with the reason)."""
     n_clusters = np.unique(groups).size
     unit = "runs" if grouped else "rows"
     if policy.bootstrap and n_clusters >= policy.min_clusters:
-        draws = scaling.to_user(_bootstrap_draws(prob, sols, starts, groups, policy))
+        draws = scaling.to_user(_bootstrap_draws(prob, sols, starts, groups, policy, progress))
         note = f"{policy.bootstrap} resamples of {n_clusters} {unit}, refits from the optimum and fresh grid starts"
         return bootstrap_intervals(prob.law.params, prob.is_log, draws, policy.ci_level, note)
     if isinstance(noise, str):
@@ -191,13 +195,14 @@ def _intervals(prob: Problem, scaling: InputScaling, sols: list[Solution], start
 
 
 def _bootstrap_draws(prob: Problem, sols: list[Solution], starts: np.ndarray, groups: np.ndarray,
-                     policy: AnalysisPolicy) -> np.ndarray:
+                     policy: AnalysisPolicy, progress: bool = False) -> np.ndarray:
     best = sols[0]
     # warm starts: the optimum plus other local optima nearly as good (a resample may prefer one)
     warm = [s.theta for s in distinct(sols, 2) if s.value <= 1.5 * best.value + 1e-300]
     scores = score_starts(prob, starts)
     fresh = np.unique(starts[np.argsort(scores, kind="stable")[:64]], axis=0)[:32]
-    return bootstrap(prob, warm, fresh, groups, policy.bootstrap, policy.seed, policy.n_jobs)
+    return bootstrap(prob, warm, fresh, groups, policy.bootstrap, policy.seed, policy.n_jobs,
+                     progress=f"bootstrap {prob.law.name}" if progress else None)
 
 
 # ---------------------------------------------------------------- data frames
@@ -310,14 +315,13 @@ def _holdout_metrics(res: FitResult, held: pd.DataFrame, xmap: Mapping[str, str]
     return out
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Rows to fit from a runs folder (checked by :func:`~forgetting_laws.load_runs`), a .parquet or a .csv file."""
-    path = Path(path)
-    if path.is_dir():
-        return load_runs(path)  # a runs folder: the schema version is checked
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; give a .parquet file or a runs folder")
-    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+def read_table(path: str | Path | pd.DataFrame, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Rows to fit from a runs folder (checked by :func:`~forgetting_laws.load_runs`), a .parquet or a
+    .csv file, or a DataFrame; ``columns`` renames table columns to the schema's (schema column ->
+    table column, see :func:`~forgetting_laws.analyse.tables.map_columns`)."""
+    from .tables import read_source
+
+    return read_source(path, dict(columns or {}), required=())
 
 
 # ---------------------------------------------------------------- arrays

@@ -15,7 +15,10 @@ Example
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +26,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FitDataError
-from .alternatives import LawTest, holdout_baselines, inverse_linear_alternatives
+from .alternatives import Alternative, LawTest, holdout_baselines, inverse_linear_alternatives
 from .fit import fit, holdout_mask
 from .fit_report import verdict
 from .laws import LawError
 from .policy import DEFAULT_POLICY, AnalysisPolicy
 from .result import FitResult
 
-__all__ = ["StandardFit", "STANDARD_FITS", "SweepFits", "fit_sweep", "write_figures", "verdict", "FIGURES",
+__all__ = ["StandardFit", "STANDARD_FITS", "SweepFits", "fit_sweep", "fit_sweep_cached", "analysis_key",
+           "write_figures", "verdict", "FIGURES",
            "Figure", "figure_script"]
 
 PN = {"P": "trainable_params", "N": "step"}
@@ -76,22 +80,48 @@ class SweepFits(dict):
         self.law_test: LawTest | None = None
         self.law_test_note = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: each fit's :meth:`FitResult.to_dict`, the policy, skips and the law test."""
+        test = None if self.law_test is None else asdict(self.law_test)
+        return {"policy": self.policy.to_dict(), "fits": {n: r.to_dict() for n, r in self.items()},
+                "skipped": self.skipped, "law_test": test, "law_test_note": self.law_test_note}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepFits:
+        """The fits saved by :meth:`to_dict`."""
+        fits = cls(AnalysisPolicy.from_dict(d["policy"]))
+        fits.update({n: FitResult.from_dict(r) for n, r in d["fits"].items()})
+        fits.skipped, fits.law_test_note = dict(d["skipped"]), d["law_test_note"]
+        if d["law_test"] is not None:
+            test = dict(d["law_test"])
+            alts = [Alternative(**{**a, "df": tuple(a["df"])}) for a in test.pop("alternatives")]
+            fits.law_test = LawTest(**test, alternatives=alts)
+        return fits
+
 
 def fit_sweep(df: pd.DataFrame, policy: AnalysisPolicy | None = None, names: list[str] | None = None,
-              **overrides: Any) -> SweepFits:
+              progress: bool = False, **overrides: Any) -> SweepFits:
     """Fit the standard laws to a sweep's rows under ``policy`` (``overrides``: policy fields).
 
     A law that cannot be fitted to these rows (too few points, say) is skipped, with its reason
     in the result's ``skipped``; the others are fitted as usual. Held-out predictions are put
     beside simple baselines (:func:`~forgetting_laws.analyse.alternatives.holdout_baselines`), and
-    the inverse-linear law is tested against its alternatives.
+    the inverse-linear law is tested against its alternatives. Runs that differ in a setting
+    (method, model, ...) are fitted pooled, with a warning naming it. ``progress``: bars on the
+    laws and their bootstraps, to stderr.
     """
+    from tqdm.auto import tqdm
+
+    from .tables import warn_if_pooled
+
     policy = (policy or DEFAULT_POLICY).updated(**overrides)
+    warn_if_pooled(df)
     fits = SweepFits(policy)
-    for name in list(STANDARD_FITS) if names is None else names:
+    for name in tqdm(list(STANDARD_FITS) if names is None else names, desc="fitting laws", disable=not progress,
+                     file=sys.stderr, leave=False):
         s = STANDARD_FITS[name]
         try:
-            fits[name] = fit(df, s.law, x=s.x, y=s.y, policy=policy, holdout=s.holdout)
+            fits[name] = fit(df, s.law, x=s.x, y=s.y, policy=policy, holdout=s.holdout, progress=progress)
         except (FitDataError, LawError) as err:
             fits.skipped[name] = str(err)
             continue
@@ -103,6 +133,48 @@ def fit_sweep(df: pd.DataFrame, policy: AnalysisPolicy | None = None, names: lis
         except FitDataError as err:
             fits.law_test_note = str(err)
     return fits
+
+
+#: Version of the saved-fits file of :func:`fit_sweep_cached`.
+CACHE_FORMAT = 1
+
+
+def analysis_key(df: pd.DataFrame, policy: AnalysisPolicy) -> str:
+    """A content hash of what a sweep's fits depend on: the rows (values, columns and dtypes), the
+    policy (all but ``n_jobs``, which changes no number), the standard fits and the package version."""
+    from .. import __version__
+
+    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    policy_fields = {k: v for k, v in policy.to_dict().items() if k != "n_jobs"}
+    h.update(json.dumps([list(map(str, df.columns)), list(map(str, df.dtypes)), policy_fields,
+                         {n: asdict(s) for n, s in STANDARD_FITS.items()}, __version__, CACHE_FORMAT],
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def fit_sweep_cached(df: pd.DataFrame, policy: AnalysisPolicy, path: str | Path,
+                     progress: bool = False) -> tuple[SweepFits, bool]:
+    """The standard fits of ``df`` from ``path`` when it holds them for these rows and this policy
+    (:func:`analysis_key`), else :func:`fit_sweep`'s, saved to ``path``; and whether they were reused.
+
+    Example
+    -------
+    >>> fits, reused = fit_sweep_cached(df, DEFAULT_POLICY, "runs/demo/_fits/fits.json")  # doctest: +SKIP
+    """
+    from ..store import CorruptFile, read_json, write_json
+    from .tables import warn_if_pooled
+
+    path, key = Path(path), analysis_key(df, policy)
+    try:
+        saved = read_json(path)
+    except CorruptFile:
+        saved = None  # an unreadable cache is refitted and overwritten
+    if saved and saved.get("key") == key:
+        warn_if_pooled(df)
+        return SweepFits.from_dict(saved["fits"]), True
+    fits = fit_sweep(df, policy, progress=progress)
+    write_json(path, {"format": CACHE_FORMAT, "key": key, "fits": fits.to_dict()})
+    return fits, False
 
 
 def _held_mask(df: pd.DataFrame, res: FitResult, min_step: int) -> tuple[pd.DataFrame, np.ndarray]:
