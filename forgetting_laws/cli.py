@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from .analyse.laws import LawError
@@ -97,26 +98,67 @@ def _add_sweep(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def _analyse(args: argparse.Namespace, runs_dir: Path):
-    """Load a sweep, fit its standard laws under the options' policy, say which laws were skipped."""
+def _fit(args: argparse.Namespace, df, fits_path: Path):
+    """The standard fits of ``df`` under the options' policy, reused from ``fits_path`` while the rows
+    and the policy are unchanged; says which laws were skipped."""
     from .analyse.policy import policy_from_args
-    from .analyse.standard import fit_sweep
-    from .store import load_runs
+    from .analyse.standard import fit_sweep_cached
 
-    df = load_runs(runs_dir)
-    fits = fit_sweep(df, policy_from_args(args))
+    fits, reused = fit_sweep_cached(df, policy_from_args(args), fits_path, progress=not args.quiet)
+    print(f"fits {'reused from' if reused else 'saved to'} {fits_path}", file=sys.stderr)
     for name, why in fits.skipped.items():
         print(f"skipped law {name}: {why}", file=sys.stderr)
-    return df, fits
+    return fits
+
+
+def _load(args: argparse.Namespace):
+    from .analyse.tables import parse_column_map, read_source
+
+    return read_source(args.source, parse_column_map(args.columns))
+
+
+def _groups(df, by: str | None) -> list[tuple[str | None, object]]:
+    """(label, rows) per value of ``by`` (one group, label None, without it)."""
+    from .analyse.tables import group_label
+
+    if by is None:
+        return [(None, df)]
+    if by not in df.columns:
+        raise FitDataError(f"--by {by}: the table has no column {by!r}; its columns are {', '.join(df.columns)}")
+    return [(group_label(by, v), g.reset_index(drop=True)) for v, g in df.groupby(by, sort=True, dropna=False)]
+
+
+def _fits_path(args: argparse.Namespace, label: str | None) -> Path:
+    """Where the fits of one group are kept: --fits, else RUNS_DIR/_fits/ or FILE.fits/ beside a table file."""
+    source = Path(args.source)
+    folder = Path(args.fits) if args.fits else source / "_fits" if source.is_dir() else \
+        source.with_name(f"{source.name}.fits")
+    return folder / (f"fits_{label}.json" if label else "fits.json")
+
+
+def _refuse_existing(paths: list[Path], force: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more of the files it would write)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]} exists{more}; pass --force to overwrite, or choose another --out")
+
+
+def _figure_files(folder: Path) -> list[Path]:
+    from .analyse.standard import FIGURES
+
+    return [folder / f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from .analyse.standard import write_figures
 
-    df, fits = _analyse(args, Path(args.runs_dir))
-    written = write_figures(df, fits, args.out)
-    for name, paths in written.items():
-        print(f"{name}: {', '.join(map(str, paths))}")
+    out = Path(args.out)
+    plans = [(label, g, out / label if label else out) for label, g in _groups(_load(args), args.by)]
+    _refuse_existing([f for _, _, d in plans for f in _figure_files(d)], args.force)
+    for label, g, folder in plans:
+        written = write_figures(g, _fit(args, g, _fits_path(args, label)), folder)
+        for name, paths in written.items():
+            print(f"{name}: {', '.join(map(str, paths))}")
     return 0
 
 
@@ -124,10 +166,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .analyse.report import write_report
     from .analyse.standard import write_figures
 
-    df, fits = _analyse(args, Path(args.runs_dir))
-    fig_dir = Path(args.figures) if args.figures else Path(args.out).parent / "figures"
-    figures = write_figures(df, fits, fig_dir)
-    print(f"report: {write_report(df, fits, figures, args.out, runs_dir=args.runs_dir)}")
+    out = Path(args.out)
+    fig_root = Path(args.figures) if args.figures else out.parent / "figures"
+    plans = [(label, g, out.with_name(f"{out.stem}_{label}{out.suffix}") if label else out,
+              fig_root / label if label else fig_root) for label, g in _groups(_load(args), args.by)]
+    _refuse_existing([f for _, _, report, figs in plans for f in [report, *_figure_files(figs)]], args.force)
+    runs_dir = Path(args.source) if Path(args.source).is_dir() else None
+    for label, g, report, fig_dir in plans:
+        fits = _fit(args, g, _fits_path(args, label))
+        figures = write_figures(g, fits, fig_dir)
+        print(f"report: {write_report(g, fits, figures, report, runs_dir=runs_dir)}")
     return 0
 
 
@@ -138,9 +186,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .analyse.standard import verdict, write_figures
     from .measure.sweep import run_sweep
 
-    out = Path(args.out)
+    from .store import load_runs
+
+    out = Path(args.out)  # the demo's own folder: reused by a rerun, which resumes
     run_sweep(load_spec(args.spec, args.set or []), out / "runs", progress=not args.quiet)
-    df, fits = _analyse(args, out / "runs")
+    df = load_runs(out / "runs")
+    fits = _fit(args, df, out / "runs" / "_fits" / "fits.json")
     figures = write_figures(df, fits, out / "figures")
     print(f"analysis policy: {fits.policy.describe()}")
     for name, res in fits.items():
@@ -170,9 +221,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Load a table, fit one law, print the report and save the result as JSON."""
     from .analyse.fit import fit, read_table
     from .analyse.policy import policy_from_args
+    from .analyse.tables import parse_column_map
 
-    res = fit(read_table(args.source), args.law, x=_parse_x(args.x), y=args.y.split(",") if args.y else None,
-              policy=policy_from_args(args), group=args.group, holdout=args.holdout)
+    _refuse_existing([Path(args.output)], args.force)
+    res = fit(read_table(args.source, parse_column_map(args.columns)), args.law, x=_parse_x(args.x),
+              y=args.y.split(",") if args.y else None, policy=policy_from_args(args), group=args.group,
+              holdout=args.holdout, progress=not args.quiet)
     print(res.report())
     res.to_json(args.output)
     print(f"saved {args.output}")
@@ -193,17 +247,31 @@ def _add_fit(sub) -> None:
     from .analyse.laws import names
     from .analyse.policy import add_policy_arguments
 
-    p = sub.add_parser("fit", help="fit a law to a runs folder or parquet file")
-    p.add_argument("source", help="a .parquet (or .csv) file, or a folder of *.parquet files")
+    p = sub.add_parser("fit", help="fit a law to a runs folder, a CSV or a parquet file")
+    p.add_argument("source", help="a runs folder, a .csv or a .parquet file")
+    _columns_option(p)
     p.add_argument("--law", required=True, help=f"law name ({', '.join(names())})")
     p.add_argument("--x", action="append", default=[], metavar="INPUT=COLUMN",
                    help="map a law input to a column (repeatable), e.g. --x P=trainable_params")
-    p.add_argument("--y", default=None, help="column fitted; comma-separated for a joint law")
-    p.add_argument("--holdout", default=None, help="e.g. rank:largest or step:last:0.3")
+    p.add_argument("--y", default=None, help="column fitted; comma-separated for a joint law (default: the law's "
+                                             "outputs)")
+    p.add_argument("--holdout", default=None, help="rows held out and predicted, e.g. rank:largest or "
+                                                   "step:last:0.3 (default: none)")
     p.add_argument("--group", default="run_id", help="column of correlated rows (a run), resampled whole")
     add_policy_arguments(p)
     p.add_argument("-o", "--output", default="fits.json", help="where to save the FitResult JSON")
+    _output_options(p)
     p.set_defaults(func=cmd_fit)
+
+
+def _columns_option(p) -> None:
+    p.add_argument("--columns", metavar="SCHEMA=YOURS,...",
+                   help="rename your columns to the schema's, e.g. --columns step=iter,trainable_params=params")
+
+
+def _output_options(p) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_analysis(sub) -> None:
@@ -211,10 +279,18 @@ def _add_analysis(sub) -> None:
     for name, func, help_ in (("figures", cmd_figures, "draw the paper-style figures of a sweep"),
                               ("report", cmd_report, "write a self-contained HTML report of a sweep")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("runs_dir", help="RUNS_DIR of a sweep")
-        p.add_argument("--out", "-o", required=True, help="output folder (figures) or .html file (report)")
+        p.add_argument("source", help="RUNS_DIR of a sweep, or a .csv or .parquet table of your own")
+        p.add_argument("--out", "-o", required=True, help="output .html file" if name == "report" else
+                       "output folder")
         if name == "report":
-            p.add_argument("--figures", help="folder for the figures (default: beside the report)")
+            p.add_argument("--figures", help="folder for the figures (default: figures/ beside the report)")
+        _columns_option(p)
+        p.add_argument("--by", metavar="COLUMN", help="fit and draw each value of COLUMN apart (e.g. --by method): "
+                                                      "subfolders of the figures, suffixed report names")
+        p.add_argument("--fits", metavar="FOLDER", help="where the fits are kept and reused while the rows and the "
+                                                        "policy are unchanged (default: RUNS_DIR/_fits/, or "
+                                                        "FILE.fits/ beside a table file)")
+        _output_options(p)
         _common_fit_options(p)
         p.set_defaults(func=func)
     p = sub.add_parser("demo", help="sweep -> fits -> figures -> report on the embedded default")
@@ -534,9 +610,11 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+        if ("default" in text or action.default in (None, False, "", [], argparse.SUPPRESS)
+                or not action.option_strings):
             return text
-        return f"{text} (default: {action.default})"
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {shown})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,14 +637,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries whose FutureWarnings and UserWarnings are theirs to fix, not the user's to read.
+THIRD_PARTY = r"(transformers|torch|peft|datasets|lm_eval|accelerate|huggingface_hub|evaluate)(\.|$)"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        import_plugins()
-        return args.func(args)
-    except (ConfigError, FitDataError, LawError, SchemaError, CorruptFile, FileNotFoundError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # for this command only: a caller's (and pytest's) filters stay as they are
+        for category in (FutureWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
+        warnings.showwarning = _show_warning
+        try:
+            import_plugins()
+            return args.func(args)
+        except (ConfigError, FitDataError, LawError, SchemaError, CorruptFile, FileNotFoundError, FileExistsError,
+                ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
