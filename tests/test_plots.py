@@ -110,3 +110,30 @@ def test_downstream_figures(synthetic_runs):
     with pytest.raises(ValueError, match=r"add \[probe.lm_eval\]"):
         plots.agreement_vs_forgetting(synthetic_runs)
     plt.close("all")
+
+
+def test_forgetting_map_marks_the_measured_region_and_the_base_model(synthetic_runs, fits):
+    from matplotlib.patches import Rectangle
+
+    ax = plots.forgetting_map(fits["lf"], synthetic_runs[synthetic_runs.step > 0], base=0.35)
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle) and "measured region" in str(p.get_label())]
+    (box,) = boxes
+    P = np.asarray(fits["lf"].inputs["P"], float)
+    assert box.get_x() == pytest.approx(P.min()) and box.get_width() == pytest.approx(P.max() - P.min())
+    assert "base model $L_f$ = 0.35" in ax.get_title()
+    plt.close("all")
+
+
+def test_residuals_are_coloured_by_rank(fits):
+    from conftest import make_synthetic_runs
+
+    from forgetting_laws.analyse.standard import _fitted_ranks
+
+    six_runs = make_synthetic_runs(ranks=(4, 8, 16, 64, 128, 256))
+    ranks = _fitted_ranks(six_runs, fits["lf"], 1)
+    assert ranks is not None and sorted(set(ranks)) == [4, 8, 16, 64, 128, 256]
+    ax = plots.residuals(fits["lf"], ranks=ranks)
+    scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(scatters) == 6 and "$L_f$" in ax.get_xlabel()
+    assert sum(len(c.get_offsets()) for c in scatters) == fits["lf"].metrics["n"]
+    plt.close("all")

@@ -22,7 +22,7 @@ from ..errors import FitDataError
 
 __all__ = ["forgetting_vs_ft", "trajectories", "forgetting_map", "extrapolation", "residuals",
            "bootstrap_params", "rank_colors", "save", "method_comparison", "cl_heatmap", "cl_metric_bars",
-           "connectivity_curves", "sharpness_curves", "loss_surface", "sharpness_scatter", "plan_figure", "OKABE_ITO", "LABELS",
+           "connectivity_curves", "sharpness_curves", "loss_surface", "sharpness_scatter", "plan_figure", "OKABE_ITO", "LABELS", "SYMBOLS",
            "downstream_columns", "downstream_over_steps", "agreement_vs_forgetting"]
 
 #: Okabe & Ito's colour-blind-safe palette.
@@ -31,6 +31,9 @@ OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "
 LABELS = {"ft_loss": "fine-tuning loss $L_{ft}$", "forget_loss": "forgetting loss $L_f$",
           "step": "update steps $N$", "trainable_params": "fine-tuned parameters $P$",
           "ref_loss": "reference loss", "agreement": "agreement with base"}
+
+#: The paper's notation, for titles and short labels.
+SYMBOLS = {"ft_loss": "$L_{ft}$", "forget_loss": "$L_f$", "step": "$N$", "trainable_params": "$P$", "rank": "$r$"}
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
                      "legend.fontsize": 8, "figure.dpi": 110})
@@ -110,7 +113,8 @@ def trajectories(df: pd.DataFrame, fit=None, metric: str = "ft_loss", ax=None, l
         ax.set_xscale("log")
     ax.set_xlabel(LABELS["step"])
     ax.set_ylabel(LABELS.get(metric, metric))
-    title = f"{metric}: measured (points)" + (f", {fit.law_name} fit (dashed)" if fit is not None else "")
+    title = f"{SYMBOLS.get(metric, metric)}: measured (points)" + (f", {fit.law_name} fit (dashed)"
+                                                                   if fit is not None else "")
     if fit is not None and fit_from > 1:
         title += f"; hollow: steps < {fit_from}, not fitted"
     ax.set_title(title, fontsize=9)
@@ -134,8 +138,13 @@ def _output_index(fit, metric: str) -> int:
 
 
 def forgetting_map(fit, df: pd.DataFrame | None = None, ax=None, levels: int = 12,
-                   metric: str = "forget_loss"):
-    """Predicted forgetting over the (P, N) plane as a contour map, measured runs on top."""
+                   metric: str = "forget_loss", base: float | None = None):
+    """Predicted forgetting over the (P, N) plane as a contour map, measured runs on top.
+
+    The region the runs measured (their P and N range, dashed box) is drawn at full colour; beyond
+    it the law is extrapolated, drawn faded and hatched. ``base`` (default: the mean step-0
+    ``metric`` of ``df``), the base model's value, is drawn as a contour and on the colour bar.
+    """
     ax = _axes(ax, (5.5, 4.0))
     cols = _curve_inputs(fit, df if df is not None else pd.DataFrame())
     p_in, n_in = fit.law.inputs
@@ -146,14 +155,27 @@ def forgetting_map(fit, df: pd.DataFrame | None = None, ax=None, levels: int = 1
     PP, NN = np.meshgrid(pg, ng)
     Z = np.asarray(fit.predict(**{p_in: PP.ravel(), n_in: NN.ravel()}))
     Z = (Z[_output_index(fit, metric)] if Z.ndim == 2 else Z).reshape(PP.shape)
-    cs = ax.contourf(PP, NN, Z, levels=levels, cmap="cividis")
-    ax.contour(PP, NN, Z, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
-    ax.figure.colorbar(cs, ax=ax, label=f"predicted {LABELS.get(metric, metric)}")
+    lv = np.linspace(np.nanmin(Z), np.nanmax(Z), levels + 1)
+    ax.contourf(PP, NN, Z, levels=lv, cmap="cividis", alpha=0.35)
+    ax.contourf(PP, NN, Z, levels=lv, colors="none", hatches=["////"])
+    inside = (PP >= P.min()) & (PP <= P.max()) & (NN >= N.min()) & (NN <= N.max())
+    cs = ax.contourf(PP, NN, np.ma.masked_where(~inside, Z), levels=lv, cmap="cividis")
+    ax.contour(PP, NN, Z, levels=lv, colors="white", linewidths=0.4, alpha=0.6)
+    ax.add_patch(plt.Rectangle((P.min(), N.min()), P.max() - P.min(), N.max() - N.min(), fill=False, ls="--",
+                               color="k", lw=1.2, label="measured region; hatched: extrapolated"))
+    bar = ax.figure.colorbar(cs, ax=ax, label=f"predicted {LABELS.get(metric, metric)}")
+    if base is None and df is not None and "step" in df and (df["step"] == 0).any():
+        base = float(df.loc[df["step"] == 0, metric].mean())
+    if base is not None:
+        if lv[0] < base < lv[-1]:
+            ax.contour(PP, NN, Z, levels=[base], colors=OKABE_ITO[3], linewidths=1.5, linestyles="-")
+        bar.ax.axhline(base, color=OKABE_ITO[3], lw=2)
+        ax.set_title(f"base model {SYMBOLS.get(metric, metric)} = {base:.4g} (red)", fontsize=9)
     if df is not None:
         runs = df.groupby("run_id").agg(P=(cols[p_in], "first"), N=(cols[n_in], "max"))
         ax.scatter(runs.P, runs.N, marker="o", s=40, facecolor="white", edgecolor="k", zorder=3,
                    label="measured runs (final step)")
-        ax.legend(loc="upper right")
+    ax.legend(loc="upper right", fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(LABELS["trainable_params"])
     ax.set_ylabel(LABELS["step"])
@@ -189,8 +211,8 @@ def extrapolation(fit, df: pd.DataFrame, held_out: np.ndarray, metric: str | Non
         inside = (interval[0] <= obs[held_out]) & (obs[held_out] <= interval[1])
         title += f"\nbars: {fit.ci_level:.0%} prediction interval, covers {inside.sum()} of {inside.size}"
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel(f"predicted {metric}")
-    ax.set_ylabel(f"measured {metric}")
+    ax.set_xlabel(f"predicted {SYMBOLS.get(metric, metric)}")
+    ax.set_ylabel(f"measured {SYMBOLS.get(metric, metric)}")
     ax.legend()
     return ax
 
@@ -205,17 +227,27 @@ def _held_interval(fit, held: pd.DataFrame, cols: dict, metric: str) -> tuple[np
     return (lo[_output_index(fit, metric)], hi[_output_index(fit, metric)]) if lo.ndim == 2 else (lo, hi)
 
 
-def residuals(fit, ax=None, against: str | None = None):
-    """Residuals (observed - fitted) against the fitted values or against one input."""
+def residuals(fit, ax=None, against: str | None = None, ranks: Sequence[int] | None = None):
+    """Residuals (observed - fitted) against the fitted values or against one input; coloured by
+    rank when ``ranks`` gives each fitted row's rank (in the fit's row order)."""
     ax = _axes(ax, (5.0, 3.2))
     r = np.asarray(fit.residuals)
     xs = np.asarray(fit.fitted) if against is None else np.tile(np.asarray(fit.inputs[against]), r.size // len(fit.inputs[against]))
-    ax.scatter(xs, r, s=10, color=OKABE_ITO[0], alpha=0.8)
+    if ranks is not None and np.size(ranks) * max(1, r.size // max(1, np.size(ranks))) == r.size:
+        by = np.tile(np.asarray(ranks, int), r.size // np.size(ranks))
+        colors = rank_colors(by)
+        for rank in sorted(colors):
+            m = by == rank
+            ax.scatter(xs[m], r[m], s=10, color=colors[rank], alpha=0.85, label=f"r = {rank}")
+        ax.legend(fontsize=7, ncols=2)
+    else:
+        ax.scatter(xs, r, s=10, color=OKABE_ITO[0], alpha=0.8)
     ax.axhline(0, color="k", lw=1)
     if against is not None and against in getattr(fit.law, "positive_inputs", ()):
         ax.set_xscale("log")
-    ax.set_xlabel("fitted" if against is None else against)
-    ax.set_ylabel("residual")
+    y = fit.y[0] if fit.y else None
+    ax.set_xlabel(f"fitted {SYMBOLS.get(y, y or '')}".strip() if against is None else against)
+    ax.set_ylabel("residual" + (f" of {SYMBOLS[y]}" if y in SYMBOLS else ""))
     ax.set_title(f"{fit.law_name} residuals (RMSE {fit.metrics.get('rmse', float('nan')):.3g})", fontsize=10)
     return ax
 

@@ -199,7 +199,8 @@ def figure_traj_forget(df, fits, min_step):
 
 def figure_map(df, fits, min_step):
     from .plots import forgetting_map
-    return forgetting_map(fits["kalajdzievski_forget"], df[df.step >= min_step])
+    base = df.loc[df.step == 0, "forget_loss"].mean() if (df.step == 0).any() else None
+    return forgetting_map(fits["kalajdzievski_forget"], df[df.step >= min_step], base=base)
 
 
 def figure_holdout_rank(df, fits, min_step):
@@ -221,8 +222,24 @@ def figure_residuals(df, fits, min_step):
     names = [n for n in ("inverse_linear", "kalajdzievski_ft", "kalajdzievski_forget") if n in fits]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), layout="constrained", squeeze=False)
     for ax, n in zip(axes[0], names):
-        residuals(fits[n], ax=ax)
+        residuals(fits[n], ax=ax, ranks=_fitted_ranks(df, fits[n], min_step))
     return fig
+
+
+def _fitted_ranks(df: pd.DataFrame, res: FitResult, min_step: int) -> np.ndarray | None:
+    """The rank of each row ``res`` was fitted to, as :func:`fit` selected and ordered them (rows from
+    ``min_step``, finite, by run and step, held-out rows left out); None where they do not match."""
+    cols = list(dict.fromkeys([*(res.x or {}).values(), *res.y]))
+    if "rank" not in df or not set(cols) <= set(df.columns):
+        return None
+    rows = df[df.step >= min_step].sort_values(["run_id", "step"], kind="stable")
+    rows = rows[np.isfinite(rows[cols].apply(pd.to_numeric, errors="coerce").to_numpy(float)).all(axis=1)]
+    spec = (res.metrics.get("holdout") or {}).get("spec") or res.options.get("holdout")
+    if spec:
+        rows = rows[~holdout_mask(rows.reset_index(drop=True), spec)]
+    y = rows[res.y[0]].to_numpy(float)
+    obs = np.asarray(res.y_obs, float).ravel()[:len(y)]
+    return rows["rank"].to_numpy(int) if len(y) == obs.size and np.allclose(y, obs) else None
 
 
 def figure_bootstrap(df, fits, min_step):
@@ -277,13 +294,15 @@ FIGURES: dict[str, Figure] = {
                                    "L_ft(P, N) law (the paper's Figure 3).", ("kalajdzievski_ft",)),
     "fig3_trajectories_forget": Figure(figure_traj_forget, "Forgetting loss over steps by rank; dashed: the "
                                        "fitted L_f(P, N) law.", ("kalajdzievski_forget",)),
-    "forgetting_map": Figure(figure_map, "Predicted forgetting over the (P, N) plane; circles: measured runs.",
+    "forgetting_map": Figure(figure_map, "Predicted forgetting L_f over the (P, N) plane; dashed box: the "
+                             "measured region (beyond it, hatched, the law is extrapolated); red: the base "
+                             "model's L_f; circles: measured runs.",
                              ("kalajdzievski_forget",)),
     "holdout_rank": Figure(figure_holdout_rank, "L_f(P, N) fitted without the largest rank, predicting it.",
                            ("kalajdzievski_forget@rank:largest",)),
     "holdout_step": Figure(figure_holdout_step, "L_f(P, N) fitted on early steps, predicting the last 30%.",
                            ("kalajdzievski_forget@step:last:0.3",)),
-    "residuals": Figure(figure_residuals, "Residuals of each law against its fitted values.",
+    "residuals": Figure(figure_residuals, "Residuals of each law against its fitted values, coloured by rank r.",
                         uses=("inverse_linear", "kalajdzievski_ft", "kalajdzievski_forget")),
     "bootstrap_exponents": Figure(figure_bootstrap, "Bootstrap distributions of the L_f(P, N) exponents "
                                   "(drawn when the sweep has runs enough for a cluster bootstrap).",
