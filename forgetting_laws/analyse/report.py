@@ -70,9 +70,9 @@ def _column_settings(df: pd.DataFrame) -> dict[str, dict[str, object]]:
     """run_id -> the table's columns that hold one value along each run (its settings)."""
     cols = [c for c in df.columns if c not in _MEASURED and not str(c).startswith(("lmeval_", "refusal_"))
             and df[c].notna().any()]
-    runs = df.groupby("run_id")[cols]
+    runs = df.groupby("run_id")
     constant = [c for c in cols if (runs[c].nunique(dropna=False) <= 1).all()]
-    return {str(rid): row for rid, row in runs.first()[constant].to_dict("index").items()}
+    return {str(rid): row for rid, row in runs[constant].first().to_dict("index").items()}
 
 
 def _show(value: object) -> str:
