@@ -167,10 +167,11 @@ def forgetting_map(fit, df: pd.DataFrame | None = None, ax=None, levels: int = 1
     if base is None and df is not None and "step" in df and (df["step"] == 0).any():
         base = float(df.loc[df["step"] == 0, metric].mean())
     if base is not None:
-        if lv[0] < base < lv[-1]:
+        where = "below the map's range" if base <= lv[0] else "above the map's range" if base >= lv[-1] else "red"
+        if where == "red":
             ax.contour(PP, NN, Z, levels=[base], colors=OKABE_ITO[3], linewidths=1.5, linestyles="-")
-        bar.ax.axhline(base, color=OKABE_ITO[3], lw=2)
-        ax.set_title(f"base model {SYMBOLS.get(metric, metric)} = {base:.4g} (red)", fontsize=9)
+            bar.ax.axhline(base, color=OKABE_ITO[3], lw=2)
+        ax.set_title(f"base model {SYMBOLS.get(metric, metric)} = {base:.4g} ({where})", fontsize=9)
     if df is not None:
         runs = df.groupby("run_id").agg(P=(cols[p_in], "first"), N=(cols[n_in], "max"))
         ax.scatter(runs.P, runs.N, marker="o", s=40, facecolor="white", edgecolor="k", zorder=3,
