@@ -8,8 +8,10 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).parent
 SETUP = '''import os
 from pathlib import Path
-import matplotlib
-matplotlib.use("Agg")
+import warnings
+from forgetting_laws.cli import THIRD_PARTY
+for category in (FutureWarning, UserWarning):  # third-party notices are theirs to fix, not yours to read
+    warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
 import forgetting_laws as fl
 from forgetting_laws.analyse import fit, laws, plots
 from forgetting_laws.analyse.policy import DEFAULT_POLICY
@@ -22,8 +24,10 @@ POLICY.describe()'''
 CL_SETUP = '''import os
 import tempfile
 from pathlib import Path
-import matplotlib
-matplotlib.use("Agg")
+import warnings
+from forgetting_laws.cli import THIRD_PARTY
+for category in (FutureWarning, UserWarning):  # third-party notices are theirs to fix, not yours to read
+    warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
 import numpy as np
 import pandas as pd
 import torch

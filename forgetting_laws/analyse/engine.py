@@ -546,7 +546,7 @@ def bootstrap(prob: Problem, warm: list[np.ndarray], fresh: np.ndarray, groups: 
     law must then be picklable: a module-level function, not a lambda). ``progress``, when
     given, labels a progress bar on stderr.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     children = np.random.SeedSequence(seed).spawn(n_boot)
     args = (prob, warm, fresh, groups, n_fresh)

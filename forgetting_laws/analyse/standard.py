@@ -110,7 +110,7 @@ def fit_sweep(df: pd.DataFrame, policy: AnalysisPolicy | None = None, names: lis
     (method, model, ...) are fitted pooled, with a warning naming it. ``progress``: bars on the
     laws and their bootstraps, to stderr.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .tables import warn_if_pooled
 
