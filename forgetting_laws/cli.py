@@ -646,11 +646,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Called as the program (``argv`` None: the command line), third-party
+    FutureWarnings and UserWarnings are left out and warnings print as one ``warning:`` line; called
+    with ``argv`` (from Python, from the tests) every warning reaches the caller as usual."""
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():  # for this command only: a caller's (and pytest's) filters stay as they are
-        for category in (FutureWarning, UserWarning):
-            warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
-        warnings.showwarning = _show_warning
+    with warnings.catch_warnings():  # for this command only: the caller's filters are restored after it
+        if argv is None:
+            for category in (FutureWarning, UserWarning):
+                warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
+            warnings.showwarning = _show_warning
         try:
             import_plugins()
             return args.func(args)

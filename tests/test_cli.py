@@ -97,3 +97,31 @@ def test_the_api_reference_builds_from_the_docstrings(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "forgetting_laws" / "analyse" / "fit.html").exists()
     assert "prediction_interval" in (tmp_path / "forgetting_laws" / "analyse" / "result.html").read_text()
+
+
+def test_the_program_prints_warnings_as_one_line_and_leaves_third_party_ones_out(tmp_path):
+    code = ("import sys, warnings\n"
+            "from forgetting_laws import cli\n"
+            "def command(args):\n"
+            "    warnings.warn('ours', UserWarning)\n"
+            "    exec(\"import warnings\\nwarnings.warn('theirs', FutureWarning)\", {'__name__': 'transformers.utils'})\n"
+            "    return 0\n"
+            "cli.cmd_specs = command\n"
+            "sys.argv = ['forgetting-laws', 'specs']\n"
+            "sys.exit(cli.main())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "warning: ours" in done.stderr and "theirs" not in done.stderr
+
+
+def test_called_from_python_every_warning_reaches_the_caller(monkeypatch):
+    import forgetting_laws.cli as cli
+
+    def command(args):
+        exec("import warnings\nwarnings.warn('theirs', FutureWarning)", {"__name__": "transformers.utils"})
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_specs", command)
+    with pytest.warns(FutureWarning, match="theirs"):
+        assert main(["specs"]) == 0
