@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 OUT    ?= demo-out
 
-.PHONY: install demo test test-fast bench api clean
+.PHONY: install demo test test-all bench api clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/forgetting-laws demo --out $(OUT)
 
+# The suite CI runs: everything but the tests marked slow (the real model, coverage studies).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+# Everything, slow tests included (about twice as long).
+test-all: $(STAMP)
+	$(PY) -m pytest -q --durations=25
 
 api: $(STAMP)
 	$(PY) -m pdoc forgetting_laws forgetting_laws.analyse forgetting_laws.measure forgetting_laws.store forgetting_laws.registry \
