@@ -28,7 +28,7 @@ import pandas as pd
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "load_runs", "write_rows", "write_table", "sidecar_path", "adapter_path",
            "read_sidecars", "write_json", "read_json", "read_meta",
-           "read_rows", "run_status", "run_lock", "move_aside", "SchemaError", "CorruptFile", "RunLocked",
+           "read_rows", "check_version", "run_status", "run_lock", "move_aside", "SchemaError", "CorruptFile", "RunLocked",
            "COMPLETE"]
 
 SCHEMA_VERSION = 1
@@ -182,7 +182,7 @@ def run_status(runs_dir: Path, run_id: str, repair: bool = False) -> str | None:
         if status in COMPLETE:
             if not result.exists():
                 return None
-            _check_version(read_rows(result), result)
+            check_version(read_rows(result), result)
     except (CorruptFile, SchemaError) as exc:
         if not repair:
             raise
@@ -213,7 +213,8 @@ def run_lock(runs_dir: Path, run_id: str) -> Iterator[None]:
         lock.release()
 
 
-def _check_version(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+def check_version(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``frame`` if its ``schema_version`` is the one this version reads; else a :class:`SchemaError`."""
     versions = set(frame["schema_version"].unique())
     if versions != {SCHEMA_VERSION}:
         raise SchemaError(f"{path}: schema_version {sorted(map(int, versions))} is not supported by this version "
@@ -245,13 +246,13 @@ def load_runs(path: str | Path, include_partial: bool = False) -> pd.DataFrame:
     """
     path = Path(path)
     if path.is_file():
-        return _check_version(read_rows(path), path).sort_values(["run_id", "step"], ignore_index=True)
+        return check_version(read_rows(path), path).sort_values(["run_id", "step"], ignore_index=True)
     if not path.is_dir():
         raise FileNotFoundError(f"no runs at {str(path)!r}: expected a RUNS_DIR or a .parquet file")
     frames = []
     for f in _run_files(path, include_partial):
         try:
-            frames.append(_check_version(read_rows(f), f))
+            frames.append(check_version(read_rows(f), f))
         except CorruptFile as exc:
             warnings.warn(f"skipped {exc}", stacklevel=2)
     if not frames:

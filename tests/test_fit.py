@@ -473,3 +473,14 @@ def test_joint_law_reports_each_output():
     text = verdict(res)
     assert "ft_loss: R² = " in text and "forget_loss: R² = " in text
     assert len(res.noise.sigma) == 2 and "ft_loss: R2, RMSE" in res.report()
+
+
+def test_cli_checks_the_schema_of_a_single_run_file(tmp_path, capsys):
+    """A run file given alone is checked like the files of a runs folder (before: it was fitted unchecked)."""
+    path = tmp_path / "r1-abc.parquet"
+    sweep(every=10).assign(schema_version=99).to_parquet(path)
+    assert main(["fit", str(path), "--law", "kalajdzievski_ft", "--x", "P=trainable_params", "--x", "N=step",
+                 "--bootstrap", "0", "-o", str(tmp_path / "fits.json")]) == 2
+    err = capsys.readouterr().err
+    assert "r1-abc.parquet" in err and "schema_version [99] is not supported" in err
+    assert not (tmp_path / "fits.json").exists()

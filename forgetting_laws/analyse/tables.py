@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import FitDataError
-from ..store import SCHEMA, SCHEMA_VERSION, CorruptFile, SchemaError, load_runs
+from ..store import SCHEMA, SCHEMA_VERSION, CorruptFile, SchemaError, check_version, load_runs
 
 __all__ = ["REQUIRED", "POOLED", "parse_column_map", "map_columns", "conform", "read_source", "pooling_note",
            "warn_if_pooled", "group_label"]
@@ -103,11 +103,16 @@ def read_source(source: str | Path | pd.DataFrame, columns: dict[str, str] | Non
 
 
 def _read_file(path: Path) -> pd.DataFrame:
+    """A table from one file; a run file of this toolkit (it has ``schema_version``) is checked like a
+    runs folder's files are."""
     try:
-        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas and pyarrow raise several kinds for a file that is not a table
         kind = "CSV" if path.suffix.lower() == ".csv" else "parquet"
         raise CorruptFile(path, f"not a readable {kind} file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if "schema_version" in df and df["schema_version"].notna().any():
+        return check_version(df, path)
+    return df
 
 
 def pooling_note(df: pd.DataFrame, by: str | None = None) -> list[str]:
