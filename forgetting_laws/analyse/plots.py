@@ -113,8 +113,9 @@ def trajectories(df: pd.DataFrame, fit=None, metric: str = "ft_loss", ax=None, l
         ax.set_xscale("log")
     ax.set_xlabel(LABELS["step"])
     ax.set_ylabel(LABELS.get(metric, metric))
-    title = f"{SYMBOLS.get(metric, metric)}: measured (points)" + (f", {fit.law_name} fit (dashed)"
-                                                                   if fit is not None else "")
+    law = f"{SYMBOLS.get(metric, metric)}$(P, N)$" if fit is not None and fit.law_name.startswith("kalajdzievski") \
+        else getattr(fit, "law_name", "")
+    title = f"{SYMBOLS.get(metric, metric)}: measured (points)" + (f", fitted {law} (dashed)" if fit is not None else "")
     if fit is not None and fit_from > 1:
         title += f"; hollow: steps < {fit_from}, not fitted"
     ax.set_title(title, fontsize=9)

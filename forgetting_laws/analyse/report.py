@@ -22,7 +22,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f2f2f2}
-td:first-child,th:first-child{text-align:left} pre{background:#f7f7f7;padding:8px;font-size:0.8em;overflow-x:auto}
+td:first-child,th:first-child{text-align:left} .settings td,.settings th{text-align:left} pre{background:#f7f7f7;padding:8px;font-size:0.8em;overflow-x:auto}
 .warn{color:#a33} .verdict{font-weight:600} figure{display:block;margin:1.5em 0;max-width:100%}
 figure img{width:100%;max-width:100%;height:auto} figcaption{font-size:0.9em;color:#444}
 """
@@ -117,8 +117,8 @@ def _table_html(table: pd.DataFrame) -> str:
 
 def _settings_section(df: pd.DataFrame, runs_dir: str | Path | None) -> str:
     varying, fixed = settings_table(df, runs_dir)
-    return (f"<h2>Settings</h2><h3>What varies across the runs</h3>{_table_html(varying)}"
-            f"<h3>What is fixed</h3>{_table_html(fixed)}")
+    return (f"<h2>Settings</h2><h3>What varies across the runs</h3><div class='settings'>{_table_html(varying)}</div>"
+            f"<h3>What is fixed</h3><div class='settings'>{_table_html(fixed)}</div>")
 
 
 def _unfinished_section(runs_dir: str | Path | None) -> str:

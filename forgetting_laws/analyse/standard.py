@@ -289,7 +289,7 @@ class Figure:
 
 FIGURES: dict[str, Figure] = {
     "fig2_forgetting_vs_ft": Figure(figure_fig2, "Forgetting against fine-tuning loss with the inverse-linear "
-                                    "fit and its bootstrap band (the paper's Figure 2).", ("inverse_linear",)),
+                                    "fit, the 95% band of the mean line and the 95% prediction interval (the paper's Figure 2).", ("inverse_linear",)),
     "fig3_trajectories_ft": Figure(figure_traj_ft, "Fine-tuning loss over steps by rank; dashed: the fitted "
                                    "L_ft(P, N) law (the paper's Figure 3).", ("kalajdzievski_ft",)),
     "fig3_trajectories_forget": Figure(figure_traj_forget, "Forgetting loss over steps by rank; dashed: the "
