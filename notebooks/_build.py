@@ -109,6 +109,43 @@ CONTINUAL_LANDSCAPE = [
     "ax = plots.sharpness_scatter(table, corr)  # labels r1..r3: the task index here\ncorr",
 ]
 
+PLANNING = [
+    "# Planning a fine-tune from a pilot\n\nBefore paying for a long fine-tune, run a short pilot (the built-in "
+    "`pilot` spec: ranks 1-16 x 60 steps on the embedded default), fit the laws to it, and let them predict "
+    "larger ranks and longer runs, each with a prediction interval; pick a setting for a target; then run "
+    "that setting and check the prediction. The pilot's runs and one verification are committed in "
+    "`examples/pilot-runs/`; `docs/planning.md` is the same walk-through from the shell.",
+    SETUP.replace("../examples/demo-runs", "../examples/pilot-runs").replace("# The runs of the project's own demo sweep",
+                                                                            "# The project's own pilot sweep") +
+    "\nimport pandas as pd",
+    "df = fl.load_runs(RUNS)\n"
+    "df.groupby('rank').agg(P=('trainable_params', 'first'), steps=('step', 'max'), ft_loss=('ft_loss', 'last'),\n"
+    "                       forget_loss=('forget_loss', 'last'), wall_s=('wall_s', 'last'))",
+    "## Predict over ranks x steps\nEach candidate gets predicted $L_{ft}$ and $L_f$ with 95% prediction "
+    "intervals, the gain and the forgetting rise over the base model, CPU time from the pilot's own steps, "
+    "and how many decades of $P$ and $N$ it lies beyond the pilot. Candidates more than "
+    "`max_extrapolation` decades out are never recommended.",
+    "p = fl.plan(df, ranks=[1, 2, 4, 8, 16, 32, 64], steps=[30, 60, 120, 240], policy=POLICY)\nprint(p.report())",
+    "p.candidates[['rank', 'steps', 'ft_loss', 'ft_lo', 'ft_hi', 'forget_loss', 'forget_lo', 'forget_hi', 'cpu_s',\n"
+    "              'dP', 'dN', 'supported']].round(4)",
+    "axes = p.plot()",
+    "## A target\nThe setting predicted to reach a fine-tuning loss with the least forgetting; a target "
+    "beyond what the pilot supports is refused with the closest candidate.",
+    "target = round(float(p.front.ft_loss.median()), 3)\n"
+    "chosen = fl.plan(df, ranks=[1, 2, 4, 8, 16, 32, 64], steps=[30, 60, 120, 240], target_ft=target, policy=POLICY)\n"
+    "print(chosen.report())",
+    "from forgetting_laws.analyse.plan import PlanError\n"
+    "try:\n    fl.plan(df, ranks=[1, 2, 4, 8, 16, 32, 64], steps=[30, 60, 120, 240], target_ft=1.0, policy=POLICY)\n"
+    "except PlanError as err:\n    print(err)",
+    "## Verify\n`forgetting-laws plan RUNS_DIR ... --verify` runs the recommended setting with the pilot's spec "
+    "(only the rank and the steps change) and records whether its measured losses fall inside the predicted "
+    "intervals, in `RUNS_DIR/_plans/verifications.jsonl`: repeated plans build a calibration history. The "
+    "committed record: rank 64 for 120 steps, predicted from ranks 1-16 x 60 steps.",
+    "history = pd.read_json(RUNS / '_plans' / 'verifications.jsonl', lines=True)\n"
+    "pd.DataFrame([{'rank': h['rank'], 'steps': h['steps'], 'loss': k, **h[k]} for _, h in history.iterrows()\n"
+    "              for k in ('ft', 'forget')]).round(4)",
+]
+
 NOTEBOOKS = {
     "quickstart.ipynb": [
         "# Quickstart: load a sweep, fit the laws, plot\n\nThe demo sweep fine-tuned SmolLM2-135M with "
@@ -176,15 +213,20 @@ NOTEBOOKS = {
         "Image(filename=str(written['fig3_trajectories_forget'][0]))",
     ],
     "continual_landscape.ipynb": CONTINUAL_LANDSCAPE,
+    "planning.ipynb": PLANNING,
 }
 
 
-def build() -> None:
-    for name, cells in NOTEBOOKS.items():
+def build(names: list[str] | None = None) -> None:
+    """Write the named notebooks (all by default), without outputs."""
+    for name in names or NOTEBOOKS:
+        cells = NOTEBOOKS[name]
         nb = new_notebook(cells=[new_markdown_cell(c) if c.startswith("#") else new_code_cell(c) for c in cells])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, HERE / name)
 
 
 if __name__ == "__main__":
-    build()
+    import sys
+
+    build(sys.argv[1:] or None)
