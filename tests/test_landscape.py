@@ -199,7 +199,7 @@ def test_sweep_keeps_final_adapters_without_changing_run_ids(saved_sweep, tiny_s
     plain = load_spec(tiny_spec_file(max_steps=4, ranks=(1, 2, 4)))
     assert [r.run_id for r in spec.expand()] == [r.run_id for r in plain.expand()]
     for run in spec.expand():
-        folder = runs / "adapters" / run.run_id
+        folder = runs / "_adapters" / run.run_id
         assert (folder / "adapter_model.safetensors").is_file()
         assert adapter_spec(folder).run_id == run.run_id
     assert not (runs / ".checkpoints").exists() or not any((runs / ".checkpoints").iterdir())
@@ -207,7 +207,7 @@ def test_sweep_keeps_final_adapters_without_changing_run_ids(saved_sweep, tiny_s
 
 def test_cli_connectivity_sharpness_and_correlation(saved_sweep, tmp_path, capsys):
     spec, runs = saved_sweep
-    r1, r2, r4 = (runs / "adapters" / r.run_id for r in spec.expand())
+    r1, r2, r4 = (runs / "_adapters" / r.run_id for r in spec.expand())
     assert main(["connectivity", str(r1), str(r4), "--out", str(tmp_path / "c"), "--points", "3", "--blocks", "2"]) == 0
     text = capsys.readouterr().out
     assert "no lora path" in text and "barrier" in text  # ranks 1 and 4: Delta W space only

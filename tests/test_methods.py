@@ -504,7 +504,7 @@ def test_continual_spec_replays_a_corpus_outside_the_sequence():
 
     from forgetting_laws.measure.continual import load_continual_spec
 
-    for seq in load_continual_spec(REPO / "sweeps" / "continual.toml").sequences():
+    for seq in load_continual_spec(REPO / "forgetting_laws" / "specs" / "continual.toml").sequences():
         replay = getattr(seq.spec.method.config, "replay", None)
         assert replay in (None, "wiki-sample") and replay not in seq.tasks
 
