@@ -108,3 +108,25 @@ def test_plan_then_verify_on_the_tiny_model_records_the_check(tiny_spec_file, tm
     assert len(verification_history(runs)) == 1
     verified = [p for p in (runs / "_verify").glob("*.parquet")]
     assert len(verified) == 1 and f"r{record['rank']}-" in verified[0].name
+
+
+def test_a_pilot_whose_fit_has_no_prediction_interval_is_refused_with_the_fix(pilot, monkeypatch):
+    """On the embedded default's pilot, fitted from step 1, the rows of a run correlate at +0.74 and count as
+    6.6 observations: no noise model beside 6 parameters. The plan says how to get one."""
+    from forgetting_laws.analyse.result import FitResult
+    from forgetting_laws.errors import FitDataError
+
+    def none(self, *a, **k):
+        raise FitDataError("this fit has no prediction interval: too few independent observations")
+
+    monkeypatch.setattr(FitResult, "prediction_interval", none)
+    with pytest.raises(PlanError, match=r"no prediction interval .*--min-step 8"):
+        plan(pilot, ranks=RANKS, steps=STEPS)
+
+
+def test_the_measured_region_is_the_rows_the_laws_were_fitted_to(pilot):
+    first = int(pilot.step[pilot.step >= 1].min())
+    assert plan(pilot, ranks=RANKS, steps=STEPS).measured["N"][0] == first
+    from forgetting_laws.analyse.policy import DEFAULT_POLICY
+
+    assert plan(pilot, ranks=RANKS, steps=STEPS, policy=DEFAULT_POLICY.updated(min_step=2 * first)).measured["N"][0] >= 2 * first

@@ -168,9 +168,15 @@ def _candidates(df: pd.DataFrame, fits: dict[str, FitResult], ranks: Sequence[in
     for key, col in (("ft", "ft"), ("forget", "forget")):
         res = fits[key]
         grid[f"{col}_loss" if col == "ft" else "forget_loss"] = np.ravel(res.predict(P=P, N=N))
-        lo, hi = res.prediction_interval(level, P=P, N=N)
+        try:
+            lo, hi = res.prediction_interval(level, P=P, N=N)
+        except FitDataError as exc:
+            raise PlanError(f"the {res.law_name} fit to the pilot gives no prediction interval ({exc}); a plan "
+                            "needs one. Leave out Adam's early transient, whose rows follow the law least and "
+                            "correlate most within a run (--min-step 8, as the paper leaves out its first steps), "
+                            "or add runs to the pilot") from None
         grid[f"{col}_lo"], grid[f"{col}_hi"] = np.ravel(lo), np.ravel(hi)
-    fitted = df[df.step >= 1]
+    fitted = df[df.step >= max(1, fits['forget'].policy.min_step)]  # the rows the laws were fitted to
     measured = {"P": (float(fitted.trainable_params.min()), float(fitted.trainable_params.max())),
                 "N": (int(fitted.step.min()), int(fitted.step.max())), "ranks": sorted(int(r) for r in df["rank"].unique())}
     grid["dP"] = _decades(P, *measured["P"])
