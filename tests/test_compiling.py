@@ -87,6 +87,7 @@ def test_compiled_sweep_equals_eager_sweep_and_compiles_once(tiny_spec_file, tmp
         pd.testing.assert_series_equal(eager[col], compiled[col], rtol=2e-4, atol=2e-5, check_names=False)
 
 
+@pytest.mark.slow  # compiles several groups on a CPU: minutes
 def test_each_group_of_a_sweep_gets_its_own_compiled_graphs():
     """Groups compiled one after another in a process must not run into dynamo's recompile limit."""
     from torch._dynamo.utils import counters

@@ -103,7 +103,7 @@ def test_a_bfloat16_run_saves_its_adapter_and_rows_like_a_float32_run(tiny_spec_
         assert set(rows.dtype) == {dtype} and set(rows.probe_precision) == {precision}
         meta = json.loads((tmp_path / "_meta" / f"{run_id}.json").read_text())
         assert meta["spec"]["model"]["dtype"] == dtype and meta["dtype"] == f"torch.{dtype}"
-        weights = load_file(tmp_path / "adapters" / run_id / "adapter_model.safetensors")
+        weights = load_file(tmp_path / "_adapters" / run_id / "adapter_model.safetensors")
         assert {t.dtype for t in weights.values()} == {torch.float32}  # the adapter stays in float32
     fp32, bf16 = (df[df.run_id == runs[k]].reset_index() for k in (("float32", "float32"), ("bfloat16", "float32")))
     assert (bf16.ft_loss - fp32.ft_loss).abs().max() < 0.05  # same training, in bfloat16
