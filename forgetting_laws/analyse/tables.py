@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import FitDataError
-from ..store import SCHEMA, SCHEMA_VERSION, CorruptFile, SchemaError, check_version, load_runs
+from ..store import SCHEMA, SCHEMA_VERSION, CorruptFile, check_version, load_runs
 
 __all__ = ["REQUIRED", "POOLED", "parse_column_map", "map_columns", "conform", "read_source", "pooling_note",
            "warn_if_pooled", "group_label"]
@@ -61,8 +61,8 @@ def map_columns(df: pd.DataFrame, columns: dict[str, str] | None) -> pd.DataFram
 def conform(df: pd.DataFrame, required: tuple[str, ...] = REQUIRED, source: str = "the table") -> pd.DataFrame:
     """Check ``required`` columns are present and fill the schema's optional ones (missing values).
 
-    A table without ``schema_version`` is taken to be of the current version; one of another
-    version is refused (:class:`~forgetting_laws.store.SchemaError`).
+    A table without ``schema_version`` is taken to be of the current version (:func:`read_source`
+    refuses one of another version).
     """
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -70,9 +70,6 @@ def conform(df: pd.DataFrame, required: tuple[str, ...] = REQUIRED, source: str 
                            f"{', '.join(map(str, df.columns))}); map yours with e.g. --columns "
                            f"{missing[0]}=YOUR_COLUMN")
     df = df.copy()
-    if "schema_version" in df and set(df["schema_version"].dropna().unique()) - {SCHEMA_VERSION}:
-        raise SchemaError(f"{source}: schema_version {sorted(df['schema_version'].dropna().unique())} is not "
-                          f"{SCHEMA_VERSION}, the version this forgetting-laws reads")
     for col, dtype in SCHEMA.items():
         if col not in df:
             # nullable integers: a missing seed is unknown, not 0
@@ -87,32 +84,30 @@ def read_source(source: str | Path | pd.DataFrame, columns: dict[str, str] | Non
                 required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
     """Rows from a runs folder, a .csv or .parquet file, or a DataFrame, renamed by ``columns``
     (schema column -> table column) and checked to hold ``required``."""
+    folder = not isinstance(source, pd.DataFrame) and Path(source).is_dir()
     if isinstance(source, pd.DataFrame):
         df, name = source, "the table"
     else:
         path, name = Path(source), str(source)
-        if path.is_dir():
+        if folder:
             df = load_runs(path)
         elif not path.exists():
             raise FileNotFoundError(f"{path} does not exist; give a runs folder, a .csv or a .parquet file")
         else:
             df = _read_file(path)
     df = map_columns(df, columns)
+    if not folder and "schema_version" in df and df["schema_version"].notna().any():  # load_runs checked a folder's
+        check_version(df[df["schema_version"].notna()], name)
     df = conform(df, required, name) if required else df
     return df.sort_values(["run_id", "step"], ignore_index=True) if {"run_id", "step"} <= set(df) else df
 
 
 def _read_file(path: Path) -> pd.DataFrame:
-    """A table from one file; a run file of this toolkit (it has ``schema_version``) is checked like a
-    runs folder's files are."""
     try:
-        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas and pyarrow raise several kinds for a file that is not a table
         kind = "CSV" if path.suffix.lower() == ".csv" else "parquet"
         raise CorruptFile(path, f"not a readable {kind} file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    if "schema_version" in df and df["schema_version"].notna().any():
-        return check_version(df, path)
-    return df
 
 
 def pooling_note(df: pd.DataFrame, by: str | None = None) -> list[str]:
